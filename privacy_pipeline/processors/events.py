@@ -1,0 +1,173 @@
+"""Input events: the canonical JSON form of the design, parsed and checked field by field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .instants import InstantError, parse_instant
+from .vocabulary import (
+    CHANNELS,
+    CONSENT_ACTIONS,
+    CUSTOMER_ACTIONS,
+    EVENT_TYPES,
+    ORDER_ACTIONS,
+    RIGHTS,
+    ROLES,
+)
+
+
+class EventError(ValueError):
+    """An input that is not a valid event; names the field, never its value."""
+
+    def __init__(self, field_name: str | None, message: str) -> None:
+        self.field = field_name
+        self.message = message
+        super().__init__(f"field '{field_name}': {message}" if field_name else message)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One input event; fields not used by its type stay at their defaults."""
+
+    event_id: str
+    type: str
+    controller: str
+    subject_id: str
+    occurred_at: datetime
+    action: str | None = None
+    role: str | None = None
+    fields: frozenset[str] = field(default_factory=frozenset)
+    order_id: str | None = None
+    purpose: str | None = None
+    channel: str | None = None
+    request_id: str | None = None
+    right: str | None = None
+    purposes: tuple[str, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        """The subject-log key, `controller:subject_id`."""
+        return f"{self.controller}:{self.subject_id}"
+
+
+_CLICK_FIELDS = ("url", "ip", "user_agent")
+_ORDER_OPTIONAL = ("amount", "currency")
+
+
+def _text(obj: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise EventError(name, "is required")
+        return None
+    if not isinstance(value, str) or not value:
+        raise EventError(name, "must be a non-empty string")
+    return value
+
+
+def _choice(obj: Mapping[str, Any], name: str, allowed: frozenset[str]) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise EventError(name, "is required")
+    if value not in allowed:
+        raise EventError(name, f"must be one of {', '.join(sorted(allowed))}")
+    return str(value)
+
+
+def parse_event(obj: object) -> Event:
+    """Check a decoded JSON value against the input-event contract and build an Event."""
+    if not isinstance(obj, dict):
+        raise EventError(None, "an event must be a JSON object")
+    event_id = _text(obj, "event_id")
+    etype = obj.get("type")
+    if etype is None:
+        raise EventError("type", "is required")
+    if etype not in EVENT_TYPES:
+        raise EventError("type", f"unknown type; expected one of {', '.join(sorted(EVENT_TYPES))}")
+    controller = _text(obj, "controller")
+    subject_id = _text(obj, "subject_id")
+    occurred_raw = obj.get("occurred_at")
+    if occurred_raw is None:
+        raise EventError("occurred_at", "is required")
+    if not isinstance(occurred_raw, str):
+        raise EventError("occurred_at", "must be an ISO 8601 string")
+    try:
+        occurred_at = parse_instant(occurred_raw)
+    except InstantError as exc:
+        raise EventError("occurred_at", str(exc)) from None
+    base: dict[str, Any] = {
+        "event_id": event_id,
+        "type": etype,
+        "controller": controller,
+        "subject_id": subject_id,
+        "occurred_at": occurred_at,
+    }
+    if etype == "customer":
+        return _customer(obj, base)
+    if etype == "order":
+        return _order(obj, base)
+    if etype == "click":
+        return _click(obj, base)
+    if etype == "consent":
+        return Event(
+            **base,
+            purpose=_text(obj, "purpose"),
+            action=_choice(obj, "action", CONSENT_ACTIONS),
+            channel=_choice(obj, "channel", CHANNELS),
+        )
+    return _privacy_request(obj, base)
+
+
+def _customer(obj: Mapping[str, Any], base: dict[str, Any]) -> Event:
+    action = _choice(obj, "action", CUSTOMER_ACTIONS)
+    role = obj.get("role", "customer")
+    if role is None:
+        role = "customer"
+    if role not in ROLES:
+        raise EventError("role", f"must be one of {', '.join(sorted(ROLES))}")
+    data = obj.get("fields")
+    names: frozenset[str] = frozenset()
+    if data is not None:
+        if not isinstance(data, dict):
+            raise EventError("fields", "must be an object of personal-data fields")
+        for key, value in data.items():
+            if value is not None and not isinstance(value, str | int | float | bool):
+                raise EventError(f"fields.{key}", "must be a string, number or boolean")
+        names = frozenset(k for k, v in data.items() if v is not None and v != "")
+    return Event(**base, action=action, role=role, fields=names)
+
+
+def _order(obj: Mapping[str, Any], base: dict[str, Any]) -> Event:
+    action = _choice(obj, "action", ORDER_ACTIONS)
+    order_id = _text(obj, "order_id")
+    amount = obj.get("amount")
+    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int | float)):
+        raise EventError("amount", "must be a number")
+    currency = obj.get("currency")
+    if currency is not None and (not isinstance(currency, str) or len(currency) != 3):
+        raise EventError("currency", "must be a three-letter ISO 4217 code")
+    names = frozenset(["order_id", *(n for n in _ORDER_OPTIONAL if obj.get(n) is not None)])
+    return Event(**base, action=action, order_id=order_id, fields=names)
+
+
+def _click(obj: Mapping[str, Any], base: dict[str, Any]) -> Event:
+    for name in _CLICK_FIELDS:
+        _text(obj, name)
+    anonymous_id = _text(obj, "anonymous_id", required=False)
+    names = frozenset(_CLICK_FIELDS + (("anonymous_id",) if anonymous_id else ()))
+    return Event(**base, fields=names)
+
+
+def _privacy_request(obj: Mapping[str, Any], base: dict[str, Any]) -> Event:
+    request_id = _text(obj, "request_id")
+    right = _choice(obj, "right", RIGHTS)
+    raw = obj.get("purposes")
+    purposes: tuple[str, ...] | None = None
+    if raw is not None:
+        if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
+            raise EventError("purposes", "must be a list of purpose names")
+        purposes = tuple(raw)
+    return Event(**base, request_id=request_id, right=right, purposes=purposes)

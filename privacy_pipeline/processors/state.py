@@ -1,0 +1,129 @@
+"""What the pipeline remembers about one subject: no personal data, only facts about it.
+
+The state holds which rules keep data about the person, since when and until when, the
+consent ledger and restrictions, never the values themselves (no names, e-mails, IPs).
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from datetime import datetime
+from hashlib import blake2b
+from typing import Any
+
+from .consent import EMPTY_LEDGER, ConsentEntry, ConsentLedger
+from .instants import format_instant, parse_instant
+
+# Redelivery after a crash repeats recent events; a window per subject catches it
+# without keeping every id the person ever had.
+DEDUP_WINDOW = 32
+
+
+@dataclass(slots=True)
+class RuleHold:
+    """Data kept about the subject under one rule."""
+
+    categories: int  # bitmask over the pack's categories
+    last: datetime  # latest record
+    anchor: datetime | None = None  # latest activity, or the end of the relationship
+    ended: bool = False  # the relationship ended (anchor is its end)
+    # Per-record retention: (due, latest record instant covered), one bucket per due day.
+    pending: list[tuple[datetime, datetime]] | None = None
+    restricted: bool = False
+    due: datetime | None = None
+
+
+@dataclass(slots=True)
+class SubjectState:
+    """Everything decided so far about one `controller:subject_id`."""
+
+    role: str = "customer"
+    holds: dict[str, RuleHold] = field(default_factory=dict)
+    ledger: ConsentLedger = EMPTY_LEDGER
+    restricted: frozenset[str] = frozenset()
+    sources: int = 0  # bitmask of event types seen
+    recent: array = field(default_factory=lambda: array("Q"))  # type: ignore[type-arg]
+
+    def seen(self, event_id: str) -> bool:
+        """True if the event was already applied (redelivery); else remember it."""
+        digest = int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "little")
+        if digest in self.recent:
+            return True
+        self.recent.append(digest)
+        if len(self.recent) > DEDUP_WINDOW:
+            del self.recent[0]
+        return False
+
+    def next_due(self) -> datetime | None:
+        """The earliest instant a retention timer of this subject fires."""
+        due: datetime | None = None
+        for hold in self.holds.values():
+            if hold.due is not None and (due is None or hold.due < due):
+                due = hold.due
+        return due
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, for tables and snapshots."""
+
+        def t(v: datetime | None) -> str | None:
+            return None if v is None else format_instant(v)
+
+        return {
+            "role": self.role,
+            "holds": {
+                rid: {
+                    "c": h.categories,
+                    "l": t(h.last),
+                    "a": t(h.anchor),
+                    "e": h.ended,
+                    "p": None if h.pending is None else [[t(d), t(r)] for d, r in h.pending],
+                    "r": h.restricted,
+                    "d": t(h.due),
+                }
+                for rid, h in self.holds.items()
+            },
+            "ledger": [
+                [e.purpose, e.action, e.channel, t(e.at), e.event_id] for e in self.ledger.entries
+            ],
+            "restricted": sorted(self.restricted),
+            "sources": self.sources,
+            "recent": list(self.recent),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SubjectState:
+        """Inverse of to_dict."""
+
+        def t(v: str | None) -> datetime | None:
+            return None if v is None else parse_instant(v)
+
+        holds = {}
+        for rid, h in data["holds"].items():
+            last = t(h["l"])
+            assert last is not None  # noqa: S101 - written by to_dict
+            holds[rid] = RuleHold(
+                categories=h["c"],
+                last=last,
+                anchor=t(h["a"]),
+                ended=h["e"],
+                pending=None
+                if h["p"] is None
+                else [(parse_instant(d), parse_instant(r)) for d, r in h["p"]],
+                restricted=h["r"],
+                due=t(h["d"]),
+            )
+        ledger = ConsentLedger(
+            tuple(
+                ConsentEntry(purpose=p, action=a, channel=c, at=parse_instant(at), event_id=e)
+                for p, a, c, at, e in data["ledger"]
+            )
+        )
+        return cls(
+            role=data["role"],
+            holds=holds,
+            ledger=ledger,
+            restricted=frozenset(data["restricted"]),
+            sources=data["sources"],
+            recent=array("Q", data["recent"]),
+        )
