@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from .events import Event
 from .instants import CalendarDuration
 from .policy import EventMatch, PolicyPack, Recipient, Rule, Trigger
+from .vocabulary import CUSTOMER_ACTIONS, ORDER_ACTIONS
 
 
 def matches(match: EventMatch, event: Event, role: str) -> bool:
@@ -24,6 +25,25 @@ def matches(match: EventMatch, event: Event, role: str) -> bool:
     return True
 
 
+def activity_key(event: Event) -> str:
+    """The `type:action` an event counts as, for sliding retention."""
+    return f"{event.type}:{event.action}"
+
+
+def _activity_keys(rule: Rule) -> list[str]:
+    out: list[str] = []
+    for m in rule.retention.activity or ():
+        actions = m.actions if m.actions is not None else _ALL_ACTIONS.get(m.type, [None])
+        out += [f"{m.type}:{a}" for a in actions]
+    return out
+
+
+_ALL_ACTIONS: dict[str, list[str | None]] = {
+    "customer": [*sorted(CUSTOMER_ACTIONS)],
+    "order": [*sorted(ORDER_ACTIONS)],
+}
+
+
 @dataclass(frozen=True, slots=True)
 class RuleView:
     """A rule with its arithmetic ready."""
@@ -34,6 +54,7 @@ class RuleView:
     active_for: CalendarDuration | None
     categories: int  # bitmask over the pack's categories
     objection_purposes: frozenset[str]
+    activity_keys: frozenset[str]  # `type:action` events a sliding retention counts from
 
     @property
     def id(self) -> str:
@@ -70,12 +91,16 @@ class CompiledPolicy:
                 active_for=r.active_for.calendar() if r.active_for else None,
                 categories=self.bits(r.categories),
                 objection_purposes=frozenset([r.purpose, *r.retention.ended_by_objection_to]),
+                activity_keys=frozenset(_activity_keys(r)),
             )
             for i, r in enumerate(pack.rules)
         )
         self.rule_by_id = {v.id: v for v in self.rules}
+        self.sliding_rules = tuple(v for v in self.rules if v.activity_keys)
+        self.activity_keys = frozenset(k for v in self.sliding_rules for k in v.activity_keys)
         self.rights_deadline = pack.deadlines.rights.calendar()
         self.retention_deadline = pack.deadlines.retention.calendar()
+        self.optout_deadline = pack.deadlines.optout.calendar()
         self._rules_cache: dict[tuple[str, str | None, str, frozenset[str]], tuple[RuleView, ...]]
         self._rules_cache = {}
         self.trigger_deadlines = {t.id: t.deadline.calendar() for t in pack.triggers}

@@ -17,7 +17,7 @@ from .erasure import Affected, Cause, plan_commands
 from .events import Event, EventError
 from .instants import format_instant
 from .policy import PolicyPack
-from .retention import PER_RECORD, end_relationship, expire_next, record
+from .retention import PER_RECORD, end_relationship, expire_due, note_activity, record
 from .rights import build_extract, build_rectify
 from .state import RuleHold, SubjectState
 from .vocabulary import EVENT_TYPES
@@ -56,6 +56,8 @@ class PolicyEnforcer:
         state.sources |= _SOURCE_BIT[event.type]
         if event.type == "customer" and event.role:
             state.role = event.role
+        if event.action is not None and event.type in TAGGED_TYPES:
+            note_activity(policy, state, event)
         if event.type in TAGGED_TYPES:
             decisions = self._record(policy, state, event, now)
         elif event.type == "consent":
@@ -88,7 +90,11 @@ class PolicyEnforcer:
             commands.extend(plan_commands(policy, event.subject_id, trig.action, affected, cause))
         closed_rules = self._end_relationships(policy, state, event, role, now, commands)
 
+        # What the person has given us so far travels with each record about them: an
+        # invoice names who was invoiced even when the event carries only the order.
         event_cats = policy.categories_of(event)
+        state.categories |= event_cats
+        event_cats |= state.categories
         purposes: list[dict[str, Any]] = []
         suppressed: list[dict[str, str]] = []
         for view in policy.rules_for(event, role):
@@ -101,7 +107,7 @@ class PolicyEnforcer:
                 if reason != "restriction_request":
                     continue
             hold, expires = record(
-                policy, view, state.holds.get(view.id), event, role, event_cats
+                policy, view, state.holds.get(view.id), event, role, event_cats, state
             )
             state.holds[view.id] = hold
             if reason is not None:
@@ -190,7 +196,7 @@ class PolicyEnforcer:
                 "consent_withdrawn",
                 f"{policy.controller}.consent.withdrawal",
                 now,
-                policy.rights_deadline,
+                policy.optout_deadline,
                 event.event_id,
             )
             return plan_commands(policy, event.subject_id, "erase", affected, cause)
@@ -210,7 +216,7 @@ class PolicyEnforcer:
             "objection",
             f"{policy.controller}.rights.objection",
             now,
-            policy.rights_deadline,
+            policy.optout_deadline,
             event.event_id,
         )
         objected = set(purposes)
@@ -326,7 +332,7 @@ class PolicyEnforcer:
                 return out
             view = policy.rule_by_id[due_id]
             due = due_hold.due
-            emptied, covered = expire_next(view, due_hold)
+            emptied, covered = expire_due(policy, view, due_hold, now)
             if emptied:
                 del state.holds[due_id]
             cause = Cause(

@@ -123,10 +123,8 @@ def parse_event(obj: object) -> Event:
 
 def _customer(obj: Mapping[str, Any], base: dict[str, Any]) -> Event:
     action = _choice(obj, "action", CUSTOMER_ACTIONS)
-    role = obj.get("role", "customer")
-    if role is None:
-        role = "customer"
-    if role not in ROLES:
+    role = obj.get("role")
+    if role is not None and role not in ROLES:
         raise EventError("role", f"must be one of {', '.join(sorted(ROLES))}")
     data = obj.get("fields")
     names: frozenset[str] = frozenset()

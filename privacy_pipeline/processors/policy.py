@@ -209,7 +209,12 @@ class Deadlines(_Strict):
     )
     retention: Duration = Field(
         default_factory=lambda: Duration(days=1),
-        description="Culling when retention lapses",
+        description="Culling when retention lapses or a relationship ends",
+    )
+    optout: Duration = Field(
+        default_factory=lambda: Duration(days=1),
+        description="Removing data after a consent withdrawal or an objection: at once, "
+        "so the same short deadline as culling",
     )
 
 

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from array import array
 from bisect import insort
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from .compiled import CompiledPolicy, RuleView, matches
+from .compiled import CompiledPolicy, RuleView
 from .events import Event
-from .instants import end_of_calendar_year
-from .state import RuleHold
+from .instants import EPOCH, end_of_calendar_year
+from .state import RuleHold, SubjectState
 
 PER_RECORD = frozenset({"event", "calendar_year_end"})
+_MICRO = timedelta(microseconds=1)
+
+
+def to_micros(instant: datetime) -> int:
+    """Epoch microseconds, exact."""
+    return (instant - EPOCH) // _MICRO
+
+
+def from_micros(micros: int) -> datetime:
+    """Inverse of to_micros, in UTC."""
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def record_expiry(policy: CompiledPolicy, view: RuleView, at: datetime) -> datetime:
+    """When one record kept under a per-record rule expires."""
+    base = at if view.kind == "event" else end_of_calendar_year(at, policy.zone)
+    return view.duration.after(base, policy.zone)
 
 
 def record(
@@ -20,39 +38,77 @@ def record(
     event: Event,
     role: str,
     categories: int,
+    state: SubjectState,
 ) -> tuple[RuleHold, datetime | None]:
     """Keep the event's data under the rule; return the hold and the record's expiry."""
     at = event.occurred_at
-    cats = (view.categories & categories) or view.categories
+    cats = view.categories & categories
     if hold is None:
-        hold = RuleHold(categories=cats, last=at)
+        # An event carrying none of the rule's categories still leaves a trace under it.
+        hold = RuleHold(categories=cats or view.categories, last=at)
     else:
         hold.categories |= cats
         if at > hold.last:
             hold.last = at
     kind = view.kind
-    zone = policy.zone
     if kind in PER_RECORD:
-        base = at if kind == "event" else end_of_calendar_year(at, zone)
-        expires = view.duration.after(base, zone)
-        _add_pending(hold, expires, at, policy)
+        expires = record_expiry(policy, view, at)
+        micros = to_micros(at)
+        if hold.pending is None:
+            hold.pending = array("q", [micros])
+        elif micros >= hold.pending[-1]:
+            hold.pending.append(micros)
+        else:
+            items = list(hold.pending)
+            insort(items, micros)
+            hold.pending = array("q", items)
+        hold.due = record_expiry(policy, view, from_micros(hold.pending[0]))
         return hold, expires
     if kind == "latest_activity":
-        activity = view.rule.retention.activity or ()
-        if hold.anchor is None or (
-            at > hold.anchor and any(matches(m, event, role) for m in activity)
-        ):
+        if hold.anchor is None:
             hold.anchor = at
-        hold.due = view.duration.after(hold.anchor, zone)
+        slide(policy, view, hold, state)
         return hold, hold.due
     if kind == "relationship_end":
-        if hold.ended and not policy.ends_relationship(view, event, role):
+        ends = policy.ends_relationship(view, event, role)
+        if hold.ended and not ends:
             # A new record after the end means the relationship goes on again.
             hold.ended, hold.anchor, hold.due = False, None, None
-        if not hold.ended and policy.ends_relationship(view, event, role):
+        if not hold.ended and ends:
             end_relationship(policy, view, hold, at)
         return hold, hold.due
     return hold, None  # until_withdrawn, until_objection: open-ended
+
+
+def slide(policy: CompiledPolicy, view: RuleView, hold: RuleHold, state: SubjectState) -> None:
+    """Count a sliding retention from the latest of its activities the subject has done."""
+    latest: datetime | None = None
+    if state.activity:
+        for key in view.activity_keys:
+            seen = state.activity.get(key)
+            if seen is not None and (latest is None or seen > latest):
+                latest = seen
+    if latest is not None:
+        hold.anchor = latest
+    if hold.anchor is not None:
+        hold.due = view.duration.after(hold.anchor, policy.zone)
+
+
+def note_activity(policy: CompiledPolicy, state: SubjectState, event: Event) -> None:
+    """Remember an activity and move every sliding retention that counts from it."""
+    key = f"{event.type}:{event.action}"
+    if key not in policy.activity_keys:
+        return
+    if state.activity is None:
+        state.activity = {}
+    seen = state.activity.get(key)
+    if seen is not None and seen >= event.occurred_at:
+        return
+    state.activity[key] = event.occurred_at
+    for view in policy.sliding_rules:
+        hold = state.holds.get(view.id)
+        if hold is not None and key in view.activity_keys:
+            slide(policy, view, hold, state)
 
 
 def end_relationship(policy: CompiledPolicy, view: RuleView, hold: RuleHold, at: datetime) -> None:
@@ -62,31 +118,19 @@ def end_relationship(policy: CompiledPolicy, view: RuleView, hold: RuleHold, at:
     hold.due = view.duration.after(at, policy.zone)
 
 
-def _add_pending(hold: RuleHold, expires: datetime, at: datetime, policy: CompiledPolicy) -> None:
-    # One bucket per local day of expiry: culling runs per day, so a daily visitor costs
-    # one timer a day, not one per click. A bucket fires at the latest expiry in it, so
-    # nothing is erased before its time.
+def expire_due(
+    policy: CompiledPolicy, view: RuleView, hold: RuleHold, now: datetime
+) -> tuple[bool, datetime | None]:
+    """Take the records due at the hold's earliest expiry (each expiry instant is its own
+    timer); return (hold now empty, records covered up to)."""
     pending = hold.pending
-    if pending is None:
-        hold.pending = [(expires, at)]
-        hold.due = expires
-        return
-    day = expires.astimezone(policy.zone).date()
-    for i, (due, covered) in enumerate(pending):
-        if due.astimezone(policy.zone).date() == day:
-            pending[i] = (max(due, expires), max(covered, at))
-            break
-    else:
-        insort(pending, (expires, at))
-    hold.due = pending[0][0]
-
-
-def expire_next(view: RuleView, hold: RuleHold) -> tuple[bool, datetime | None]:
-    """Take the due part of a hold; return (hold now empty, records covered up to)."""
-    if view.kind in PER_RECORD and hold.pending:
-        _, covered = hold.pending.pop(0)
-        if hold.pending:
-            hold.due = hold.pending[0][0]
-            return False, covered
-        return True, covered
+    if view.kind in PER_RECORD and pending:
+        covered = None
+        first = hold.due if hold.due is not None else now
+        while pending and record_expiry(policy, view, from_micros(pending[0])) <= first:
+            covered = pending.pop(0)
+        if pending:
+            hold.due = record_expiry(policy, view, from_micros(pending[0]))
+            return False, None if covered is None else from_micros(covered)
+        return True, None if covered is None else from_micros(covered)
     return True, None

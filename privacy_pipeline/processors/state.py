@@ -28,8 +28,8 @@ class RuleHold:
     last: datetime  # latest record
     anchor: datetime | None = None  # latest activity, or the end of the relationship
     ended: bool = False  # the relationship ended (anchor is its end)
-    # Per-record retention: (due, latest record instant covered), one bucket per due day.
-    pending: list[tuple[datetime, datetime]] | None = None
+    # Per-record retention: instants of the records still held, epoch microseconds, sorted.
+    pending: array | None = None  # type: ignore[type-arg]
     restricted: bool = False
     due: datetime | None = None
 
@@ -43,6 +43,10 @@ class SubjectState:
     ledger: ConsentLedger = EMPTY_LEDGER
     restricted: frozenset[str] = frozenset()
     sources: int = 0  # bitmask of event types seen
+    categories: int = 0  # bitmask of the categories the person has given us
+    # Latest instant per activity (`order:placed`, `customer:contacted`, ...) that a
+    # sliding retention counts from.
+    activity: dict[str, datetime] | None = None
     recent: array = field(default_factory=lambda: array("Q"))  # type: ignore[type-arg]
 
     def seen(self, event_id: str) -> bool:
@@ -77,7 +81,7 @@ class SubjectState:
                     "l": t(h.last),
                     "a": t(h.anchor),
                     "e": h.ended,
-                    "p": None if h.pending is None else [[t(d), t(r)] for d, r in h.pending],
+                    "p": None if h.pending is None else list(h.pending),
                     "r": h.restricted,
                     "d": t(h.due),
                 }
@@ -88,6 +92,10 @@ class SubjectState:
             ],
             "restricted": sorted(self.restricted),
             "sources": self.sources,
+            "categories": self.categories,
+            "activity": None
+            if self.activity is None
+            else {k: t(v) for k, v in sorted(self.activity.items())},
             "recent": list(self.recent),
         }
 
@@ -107,9 +115,7 @@ class SubjectState:
                 last=last,
                 anchor=t(h["a"]),
                 ended=h["e"],
-                pending=None
-                if h["p"] is None
-                else [(parse_instant(d), parse_instant(r)) for d, r in h["p"]],
+                pending=None if h["p"] is None else array("q", h["p"]),
                 restricted=h["r"],
                 due=t(h["d"]),
             )
@@ -125,5 +131,9 @@ class SubjectState:
             ledger=ledger,
             restricted=frozenset(data["restricted"]),
             sources=data["sources"],
+            categories=data.get("categories", 0),
+            activity=None
+            if data.get("activity") is None
+            else {k: parse_instant(v) for k, v in data["activity"].items()},
             recent=array("Q", data["recent"]),
         )

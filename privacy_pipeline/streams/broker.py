@@ -49,7 +49,7 @@ RECOMMENDED_CONSUMER_CONFIG: Mapping[str, Any] = MappingProxyType(
     {"session.timeout.ms": 10000, "fetch.wait.max.ms": 100}
 )
 
-_PROBE_INTERVAL_S = 0.05
+_PROBE_INTERVAL_S = 0.02
 _START_ATTEMPTS_ON_FREE_PORT = 3
 
 
@@ -217,6 +217,9 @@ class EmbeddedBroker:
                 if not exited or attempt == attempts or time.monotonic() >= deadline:
                     raise
                 log.warning("embedded broker exited on port %s, retrying on another", self._port)
+            except BaseException:  # e.g. KeyboardInterrupt while waiting: leave nothing behind
+                self.stop()
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _launch_and_wait(self, deadline: float) -> None:
@@ -272,12 +275,19 @@ class EmbeddedBroker:
 
     def _answers(self, timeout: float) -> bool:
         """Return True if a metadata request over the Kafka protocol succeeds."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": log})
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": log}
+        admin = AdminClient(conf)
         try:
             metadata = admin.list_topics(timeout=max(timeout, 0.1))
         except Exception:  # any failure means "not ready yet"
             return False
         return bool(metadata.brokers)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the broker process exits (or *timeout*) and return its exit code."""
+        if self._proc is None:
+            raise BrokerStartError("the broker is not running: call start() first")
+        return self._proc.wait(timeout=timeout)
 
     def _log_hint(self) -> str:
         """Say where the broker's output went, for error messages."""

@@ -509,7 +509,7 @@ class AvroSerde:
         path, problem = found
         return RecordError(
             "invalid_record",
-            f"{entry.name}: {problem} at '{path or '<record>'}'",
+            f"{entry.name}: {problem}" if path else f"{entry.name}: {problem} (the record itself)",
             field=path or None,
         )
 

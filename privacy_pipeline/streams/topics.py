@@ -13,9 +13,10 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 __all__ = [
     "AUDIT",
@@ -164,7 +165,8 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 3
     if not wanted:
         return
     deadline = time.monotonic() + timeout
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": log})
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log}
+    admin = AdminClient(conf)
     existing = _partition_counts(admin, deadline)
     _check_partitions(wanted, existing)
     missing = [spec for spec in wanted if spec.name not in existing]

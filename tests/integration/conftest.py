@@ -66,7 +66,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of the session's broker (embedded, or from the environment)."""
     external = os.environ.get(BROKER_ENV, "").strip()
     if external:
-        admin = AdminClient({"bootstrap.servers": external})
+        admin = AdminClient({"bootstrap.servers": external, "logger": log})
         try:
             admin.list_topics(timeout=10)
         except Exception as exc:
