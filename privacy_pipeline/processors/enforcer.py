@@ -221,14 +221,17 @@ class PolicyEnforcer:
         )
         objected = set(purposes)
 
-        def hit(v: RuleView) -> bool:
-            return v.rule.legal_basis in ("consent", "legitimate_interest") and bool(
-                v.objection_purposes & objected
-            )
+        def hit(v: RuleView) -> frozenset[str]:
+            if v.rule.legal_basis not in ("consent", "legitimate_interest"):
+                return frozenset()
+            return v.objection_purposes & objected
 
-        marketing = "direct_marketing" in objected
-        erased = self._release(policy, state, lambda v: hit(v) and marketing)
-        restricted = self._restrict(state, policy, lambda v: hit(v) and not marketing)
+        # Art. 21(3): against direct marketing the objection is absolute, so the data goes;
+        # against another legitimate interest it restricts until the balance is reviewed.
+        erased = self._release(policy, state, lambda v: "direct_marketing" in hit(v))
+        restricted = self._restrict(
+            state, policy, lambda v: bool(hit(v)) and "direct_marketing" not in hit(v)
+        )
         return plan_commands(policy, event.subject_id, "erase", erased, cause) + plan_commands(
             policy, event.subject_id, "restrict", restricted, cause
         )
@@ -332,6 +335,7 @@ class PolicyEnforcer:
                 return out
             view = policy.rule_by_id[due_id]
             due = due_hold.due
+            last = due_hold.last
             emptied, covered = expire_due(policy, view, due_hold, now)
             if emptied:
                 del state.holds[due_id]
@@ -340,7 +344,7 @@ class PolicyEnforcer:
                 view.id,
                 now,
                 policy.retention_deadline,
-                f"expiry:{format_instant(due)}",
+                f"expiry:{due.isoformat()}:{(covered or last).isoformat()}",
                 covered if view.kind in PER_RECORD else None,
             )
             out.extend(

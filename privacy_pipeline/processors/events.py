@@ -54,6 +54,8 @@ class Event:
 
 
 _CLICK_FIELDS = ("url", "ip", "user_agent")
+# Retention arithmetic adds up to decades; keep every result inside datetime's range.
+_EARLIEST, _LATEST = 1900, 2999
 _ORDER_OPTIONAL = ("amount", "currency")
 
 
@@ -72,7 +74,7 @@ def _choice(obj: Mapping[str, Any], name: str, allowed: frozenset[str]) -> str:
     value = obj.get(name)
     if value is None:
         raise EventError(name, "is required")
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise EventError(name, f"must be one of {', '.join(sorted(allowed))}")
     return str(value)
 
@@ -85,7 +87,7 @@ def parse_event(obj: object) -> Event:
     etype = obj.get("type")
     if etype is None:
         raise EventError("type", "is required")
-    if etype not in EVENT_TYPES:
+    if not isinstance(etype, str) or etype not in EVENT_TYPES:
         raise EventError("type", f"unknown type; expected one of {', '.join(sorted(EVENT_TYPES))}")
     controller = _text(obj, "controller")
     subject_id = _text(obj, "subject_id")
@@ -98,6 +100,8 @@ def parse_event(obj: object) -> Event:
         occurred_at = parse_instant(occurred_raw)
     except InstantError as exc:
         raise EventError("occurred_at", str(exc)) from None
+    if not _EARLIEST <= occurred_at.year <= _LATEST:
+        raise EventError("occurred_at", f"year must be between {_EARLIEST} and {_LATEST}")
     base: dict[str, Any] = {
         "event_id": event_id,
         "type": etype,
@@ -124,7 +128,7 @@ def parse_event(obj: object) -> Event:
 def _customer(obj: Mapping[str, Any], base: dict[str, Any]) -> Event:
     action = _choice(obj, "action", CUSTOMER_ACTIONS)
     role = obj.get("role")
-    if role is not None and role not in ROLES:
+    if role is not None and (not isinstance(role, str) or role not in ROLES):
         raise EventError("role", f"must be one of {', '.join(sorted(ROLES))}")
     data = obj.get("fields")
     names: frozenset[str] = frozenset()

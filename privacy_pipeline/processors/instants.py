@@ -79,17 +79,22 @@ def parse_instant(text: str) -> datetime:
         raise InstantError("not an ISO 8601 instant") from exc
     if value.tzinfo is None or value.utcoffset() is None:
         raise InstantError("ISO 8601 instant without a zone")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InstantError("ISO 8601 instant out of range") from None
 
 
 def format_instant(instant: datetime) -> str:
-    """UTC ISO 8601 with a Z, milliseconds only when present."""
+    """UTC ISO 8601 with a Z; fractions (milli- or microseconds) only when present."""
     return _format(instant.astimezone(UTC))
 
 
 @lru_cache(maxsize=65536)
 def _format(instant: datetime) -> str:
-    if instant.microsecond:
+    if instant.microsecond % 1000:
+        text = instant.isoformat(timespec="microseconds")
+    elif instant.microsecond:
         text = instant.isoformat(timespec="milliseconds")
     else:
         text = instant.isoformat(timespec="seconds")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -249,6 +250,10 @@ class PolicyPack(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> PolicyPack:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone: '{self.timezone}' is not an IANA time zone") from None
         purposes = PURPOSES | set(self.custom_purposes)
         seen: set[str] = set()
         for i, rule in enumerate(self.rules):

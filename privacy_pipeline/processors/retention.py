@@ -66,7 +66,13 @@ def record(
         return hold, expires
     if kind == "latest_activity":
         if hold.anchor is None:
+            # A new hold counts from the latest activity while that still keeps data alive
+            # (a complaint after a purchase: five years from the purchase); an activity
+            # whose period has run out starts nothing, so the record counts from itself.
             hold.anchor = at
+            latest = _latest_activity(view, state)
+            if latest is not None and view.duration.after(latest, policy.zone) > at:
+                hold.anchor = latest
         slide(policy, view, hold, state)
         return hold, hold.due
     if kind == "relationship_end":
@@ -80,15 +86,20 @@ def record(
     return hold, None  # until_withdrawn, until_objection: open-ended
 
 
-def slide(policy: CompiledPolicy, view: RuleView, hold: RuleHold, state: SubjectState) -> None:
-    """Count a sliding retention from the latest of its activities the subject has done."""
+def _latest_activity(view: RuleView, state: SubjectState) -> datetime | None:
     latest: datetime | None = None
     if state.activity:
         for key in view.activity_keys:
             seen = state.activity.get(key)
             if seen is not None and (latest is None or seen > latest):
                 latest = seen
-    if latest is not None:
+    return latest
+
+
+def slide(policy: CompiledPolicy, view: RuleView, hold: RuleHold, state: SubjectState) -> None:
+    """Move a sliding retention forward to the latest activity (never back)."""
+    latest = _latest_activity(view, state)
+    if latest is not None and (hold.anchor is None or latest > hold.anchor):
         hold.anchor = latest
     if hold.anchor is not None:
         hold.due = view.duration.after(hold.anchor, policy.zone)

@@ -100,7 +100,7 @@ def build_extract(
         "sources": sources,
         "recipients": recipients,
         "consents": consents,
-        "restrictions": sorted(state.restricted),
+        "restrictions": sorted("all" if r == "*" else r for r in state.restricted),
     }
     extract["text"] = render_extract(extract)
     return extract

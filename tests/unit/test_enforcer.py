@@ -250,7 +250,8 @@ def test_withdrawal_stops_exactly_the_consent_based_purposes() -> None:
         ("email-sms", "erase", ["direct_marketing"], "consent_withdrawn"),
     ]
     assert {(d["rule"], d["issued_at"], d["deadline"]) for d in decisions} == {
-        ("rego.consent.withdrawal", "2024-02-01T09:00:00Z", "2024-03-01T09:00:00Z")
+        # An opt-out takes effect at once: the pack's opt-out deadline (default one day).
+        ("rego.consent.withdrawal", "2024-02-01T09:00:00Z", "2024-02-02T09:00:00Z")
     }
     assert {tuple(d["categories"]) for d in decisions} == {("contact",)}
     # Only the consent-based data went; the rest is untouched.
@@ -347,7 +348,7 @@ def test_objection_to_direct_marketing_erases_marketing_data_only() -> None:
         ("marketing-services", "erase", ["direct_marketing"], "objection"),
     ]
     assert {(d["rule"], d["deadline"]) for d in decisions} == {
-        ("inrego.rights.objection", "2024-03-01T09:00:00Z")
+        ("inrego.rights.objection", "2024-02-02T09:00:00Z")
     }
     assert set(person.holds) == before - {"inrego.direct_marketing.customers-and-contacts"}
     assert not any(h.restricted for h in person.holds.values())

@@ -156,8 +156,9 @@ def _known(
     return out, None
 
 
-# The sliding anchor: data of a purchase in 2020 expired in 2023; an update in 2024 is a new
-# record (found by reading the code; kept as an explicit example).
+# The sliding anchor outlives the data: a purchase on 2020-01-01 kept Rejoin's data until
+# 2023-01-01; a visit in June 2023 and an update in 2024 are new records, yet they are tagged
+# as expiring on 2023-01-01 (found by reading the code; kept as an explicit example).
 SLIDE_BACK = _known(
     ("rejoin", "order", "2020-01-01T00:00:00Z", "placed", {}),
     ("rejoin", "click", "2023-06-01T00:00:00Z", "", {}),

@@ -180,7 +180,8 @@ def test_access_extract_purposes_bases_and_retention() -> None:
             "bookkeeping",
             "legal_obligation",
             "rego.bookkeeping.invoices",
-            ["order"],
+            # The invoice names who was invoiced: what the person gave us travels with it.
+            ["identity", "contact", "order"],
             "7 years after the end of the calendar year of the record",
             "2031-12-31T23:00:00Z",
             False,
