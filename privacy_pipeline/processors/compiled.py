@@ -55,6 +55,7 @@ class RuleView:
     categories: int  # bitmask over the pack's categories
     objection_purposes: frozenset[str]
     activity_keys: frozenset[str]  # `type:action` events a sliding retention counts from
+    consent: bool  # rests on consent: needs a grant on record
 
     @property
     def id(self) -> str:
@@ -92,6 +93,7 @@ class CompiledPolicy:
                 categories=self.bits(r.categories),
                 objection_purposes=frozenset([r.purpose, *r.retention.ended_by_objection_to]),
                 activity_keys=frozenset(_activity_keys(r)),
+                consent=r.legal_basis == "consent",
             )
             for i, r in enumerate(pack.rules)
         )
@@ -104,6 +106,13 @@ class CompiledPolicy:
         self._rules_cache: dict[tuple[str, str | None, str, frozenset[str]], tuple[RuleView, ...]]
         self._rules_cache = {}
         self.trigger_deadlines = {t.id: t.deadline.calendar() for t in pack.triggers}
+        self._fields_cache: dict[frozenset[str], int] = {}
+        self.relationship_rules = tuple(v for v in self.rules if v.kind == "relationship_end")
+        self._ends_need_fields = any(
+            m.with_fields for v in self.relationship_rules for m in v.rule.retention.ended_by or ()
+        )
+        self._ends_cache: dict[tuple[str, str | None, str], tuple[RuleView, ...]] = {}
+        self._triggers_cache: dict[tuple[str, str | None, str], tuple[Trigger, ...]] = {}
 
     @cached_property
     def version(self) -> str:
@@ -123,10 +132,14 @@ class CompiledPolicy:
 
     def categories_of(self, event: Event) -> int:
         """The categories an event carries, as a bitmask."""
-        out = 0
-        for f in event.fields:
-            out |= self._field_bits.get(f, 0)
-        return out
+        found = self._fields_cache.get(event.fields)
+        if found is None:
+            found = 0
+            for f in event.fields:
+                found |= self._field_bits.get(f, 0)
+            if len(self._fields_cache) < 4096:
+                self._fields_cache[event.fields] = found
+        return found
 
     def rules_for(self, event: Event, role: str) -> tuple[RuleView, ...]:
         """Rules whose applies_to fits the event, in pack order (cached per event shape)."""
@@ -140,9 +153,29 @@ class CompiledPolicy:
                 self._rules_cache[key] = found
         return found
 
-    def triggers_for(self, event: Event, role: str) -> list[Trigger]:
+    def triggers_for(self, event: Event, role: str) -> tuple[Trigger, ...]:
         """Triggers this event sets off."""
-        return [t for t in self.pack.triggers if matches(t.when, event, role)]
+        if not self.pack.triggers:
+            return ()
+        key = (event.type, event.action, role)
+        found = self._triggers_cache.get(key)
+        if found is None or any(t.when.with_fields for t in found):
+            found = tuple(t for t in self.pack.triggers if matches(t.when, event, role))
+            self._triggers_cache[key] = found
+        return found
+
+    def relationships_ended_by(self, event: Event, role: str) -> tuple[RuleView, ...]:
+        """The relationship_end rules whose relationship this event ends."""
+        if not self.relationship_rules:
+            return ()
+        key = (event.type, event.action, role)
+        found = self._ends_cache.get(key)
+        if found is None:
+            found = tuple(
+                v for v in self.relationship_rules if self.ends_relationship(v, event, role)
+            )
+            self._ends_cache[key] = found
+        return found
 
     def ends_relationship(self, view: RuleView, event: Event, role: str) -> bool:
         """Does the event end the relationship a relationship_end rule waits for?"""

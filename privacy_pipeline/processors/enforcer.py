@@ -64,7 +64,9 @@ class PolicyEnforcer:
             decisions = self._consent(policy, state, event, now)
         else:
             decisions = self._request(policy, state, event, now)
-        decisions.extend(self._fire(policy, state, event.subject_id, now))
+        # Data recorded already past its expiry (a late event) goes at once; the event id in
+        # the cause keeps that command apart from an identical-looking earlier one.
+        decisions.extend(self._fire(policy, state, event.subject_id, now, event.event_id))
         return state, decisions
 
     def on_time(
@@ -97,10 +99,11 @@ class PolicyEnforcer:
         event_cats |= state.categories
         purposes: list[dict[str, Any]] = []
         suppressed: list[dict[str, str]] = []
+        checks = bool(state.ledger.entries or state.restricted)
         for view in policy.rules_for(event, role):
             if view.purpose in ended_purposes or view.id in closed_rules:
                 continue
-            reason = _suppression(view, state)
+            reason = _suppression(view, state) if (checks or view.consent) else None
             if reason is not None:
                 if not any(s["purpose"] == view.purpose for s in suppressed):
                     suppressed.append({"purpose": view.purpose, "reason": reason})
@@ -142,9 +145,7 @@ class PolicyEnforcer:
     ) -> set[str]:
         """Relationships this event ends; returns the rules whose data goes at once."""
         closed: set[str] = set()
-        for view in policy.rules:
-            if view.kind != "relationship_end" or not policy.ends_relationship(view, event, role):
-                continue
+        for view in policy.relationships_ended_by(event, role):
             if view.duration.is_zero():
                 closed.add(view.id)
                 hold = state.holds.pop(view.id, None)
@@ -326,7 +327,12 @@ class PolicyEnforcer:
         return out
 
     def _fire(
-        self, policy: CompiledPolicy, state: SubjectState, subject_id: str, now: datetime
+        self,
+        policy: CompiledPolicy,
+        state: SubjectState,
+        subject_id: str,
+        now: datetime,
+        during: str = "",
     ) -> list[Decision]:
         out: list[Decision] = []
         while True:
@@ -344,7 +350,7 @@ class PolicyEnforcer:
                 view.id,
                 now,
                 policy.retention_deadline,
-                f"expiry:{due.isoformat()}:{(covered or last).isoformat()}",
+                f"expiry:{due.isoformat()}:{(covered or last).isoformat()}:{during}",
                 covered if view.kind in PER_RECORD else None,
             )
             out.extend(

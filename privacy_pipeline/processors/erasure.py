@@ -37,9 +37,7 @@ class Cause:
 
 def command_id(controller: str, subject_id: str, target: str, action: str, cause: Cause) -> str:
     """Deterministic id: redelivery of the same cause yields the same id."""
-    name = "|".join(
-        (controller, subject_id, target, action, cause.reason, cause.rule, cause.key)
-    )
+    name = "|".join((controller, subject_id, target, action, cause.reason, cause.rule, cause.key))
     return str(uuid.uuid5(COMMAND_NAMESPACE, name))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from sys import intern
 from typing import Any
 
 from .instants import InstantError, parse_instant
@@ -76,7 +77,7 @@ def _choice(obj: Mapping[str, Any], name: str, allowed: frozenset[str]) -> str:
         raise EventError(name, "is required")
     if not isinstance(value, str) or value not in allowed:
         raise EventError(name, f"must be one of {', '.join(sorted(allowed))}")
-    return str(value)
+    return intern(value)
 
 
 def parse_event(obj: object) -> Event:
@@ -102,10 +103,11 @@ def parse_event(obj: object) -> Event:
         raise EventError("occurred_at", str(exc)) from None
     if not _EARLIEST <= occurred_at.year <= _LATEST:
         raise EventError("occurred_at", f"year must be between {_EARLIEST} and {_LATEST}")
+    # Shared copies of the few distinct names: states keep them for every subject.
     base: dict[str, Any] = {
         "event_id": event_id,
-        "type": etype,
-        "controller": controller,
+        "type": intern(etype),
+        "controller": intern(controller) if controller else controller,
         "subject_id": subject_id,
         "occurred_at": occurred_at,
     }
@@ -118,7 +120,7 @@ def parse_event(obj: object) -> Event:
     if etype == "consent":
         return Event(
             **base,
-            purpose=_text(obj, "purpose"),
+            purpose=intern(_text(obj, "purpose") or ""),
             action=_choice(obj, "action", CONSENT_ACTIONS),
             channel=_choice(obj, "channel", CHANNELS),
         )
@@ -139,7 +141,7 @@ def _customer(obj: Mapping[str, Any], base: dict[str, Any]) -> Event:
             if value is not None and not isinstance(value, str | int | float | bool):
                 raise EventError(f"fields.{key}", "must be a string, number or boolean")
         names = frozenset(k for k, v in data.items() if v is not None and v != "")
-    return Event(**base, action=action, role=role, fields=names)
+    return Event(**base, action=action, role=intern(role) if role else None, fields=names)
 
 
 def _order(obj: Mapping[str, Any], base: dict[str, Any]) -> Event:

@@ -8,7 +8,7 @@ wall-clock time in the controller's zone and converted back to UTC, so a retenti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -38,11 +38,13 @@ class CalendarDuration:
         if self.is_zero():
             return instant
         local = instant.astimezone(zone)
-        shifted = local + self._delta()
-        return shifted.astimezone(UTC)
-
-    def _delta(self) -> relativedelta:
-        return _relativedelta(self.years, self.months, self.weeks, self.days, self.hours)
+        # relativedelta adds years and months to the date first, then the rest to the
+        # wall time; doing the calendar part per date (cached) gives the same result.
+        day = _shift_date(local.date(), self.years, self.months)
+        wall = datetime.combine(day, local.time())
+        if self.weeks or self.days or self.hours:
+            wall += timedelta(weeks=self.weeks, days=self.days, hours=self.hours)
+        return wall.replace(tzinfo=zone).astimezone(UTC)
 
     def describe(self) -> str:
         """Human words, e.g. '24 months' or '5 years'."""
@@ -60,9 +62,12 @@ class CalendarDuration:
         return ", ".join(parts) if parts else "at once"
 
 
-@lru_cache(maxsize=64)
-def _relativedelta(years: int, months: int, weeks: int, days: int, hours: int) -> relativedelta:
-    return relativedelta(years=years, months=months, weeks=weeks, days=days, hours=hours)
+@lru_cache(maxsize=65536)
+def _shift_date(day: date, years: int, months: int) -> date:
+    if not (years or months):
+        return day
+    shifted: date = day + relativedelta(years=years, months=months)
+    return shifted
 
 
 def end_of_calendar_year(instant: datetime, zone: ZoneInfo) -> datetime:

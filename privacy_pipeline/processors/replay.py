@@ -17,7 +17,7 @@ from .enforcer import Decision, PolicyEnforcer
 from .events import EventError, parse_event
 from .state import SubjectState
 
-SubjectKey = tuple[str, str]
+SubjectKey = str  # `controller:subject_id`, the subject-log key
 
 
 class Replay:
@@ -27,7 +27,7 @@ class Replay:
         self.enforcer = enforcer
         self.states: dict[SubjectKey, SubjectState] = {}
         self.clock: datetime | None = None
-        self._timers: list[tuple[datetime, str, str]] = []
+        self._timers: list[tuple[datetime, str]] = []
         self._scheduled: dict[SubjectKey, datetime] = {}
 
     def process_line(self, number: int, line: str) -> list[Decision]:
@@ -48,9 +48,11 @@ class Replay:
         out = self.advance(event.occurred_at)
         now = self.clock
         assert now is not None  # noqa: S101 - set by advance
-        key = (event.controller, event.subject_id)
-        state, decisions = self.enforcer.on_event(self.states.get(key), event, now)
-        self.states[key] = state
+        key = event.key
+        previous = self.states.get(key)
+        state, decisions = self.enforcer.on_event(previous, event, now)
+        if previous is None:
+            self.states[key] = state
         self._schedule(key, state)
         out.extend(decisions)
         return out
@@ -63,24 +65,27 @@ class Replay:
         out: list[Decision] = []
         timers = self._timers
         while timers and timers[0][0] <= now:
-            due, controller, subject_id = heapq.heappop(timers)
-            key = (controller, subject_id)
+            due, key = heapq.heappop(timers)
             if self._scheduled.get(key) != due:
-                continue  # superseded by a later schedule
+                continue  # superseded by an earlier schedule
             del self._scheduled[key]
             state = self.states[key]
+            controller, subject_id = key.split(":", 1)
             state, decisions = self.enforcer.on_time(state, controller, subject_id, now)
             out.extend(decisions)
             self._schedule(key, state)
         return out
 
     def _schedule(self, key: SubjectKey, state: SubjectState) -> None:
+        # One heap entry per subject: a timer that moves later keeps its earlier entry,
+        # which wakes the subject early, finds nothing due and is pushed again then.
         due = state.next_due()
         if due is None:
-            self._scheduled.pop(key, None)
-        elif self._scheduled.get(key) != due:
+            return
+        current = self._scheduled.get(key)
+        if current is None or due < current:
             self._scheduled[key] = due
-            heapq.heappush(self._timers, (due, key[0], key[1]))
+            heapq.heappush(self._timers, (due, key))
 
     def pending_timers(self) -> int:
         """Subjects with a retention timer set."""
@@ -102,6 +107,9 @@ def _reject(number: int, event_id: str | None, error: str) -> Decision:
     return {"decision": "reject", "line": number, "event_id": event_id, "error": error}
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_decision(decision: dict[str, Any]) -> str:
     """Canonical JSON for a decision: compact, key order as built, UTF-8."""
-    return json.dumps(decision, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(decision)

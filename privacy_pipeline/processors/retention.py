@@ -99,9 +99,11 @@ def _latest_activity(view: RuleView, state: SubjectState) -> datetime | None:
 def slide(policy: CompiledPolicy, view: RuleView, hold: RuleHold, state: SubjectState) -> None:
     """Move a sliding retention forward to the latest activity (never back)."""
     latest = _latest_activity(view, state)
+    moved = hold.due is None
     if latest is not None and (hold.anchor is None or latest > hold.anchor):
         hold.anchor = latest
-    if hold.anchor is not None:
+        moved = True
+    if moved and hold.anchor is not None:
         hold.due = view.duration.after(hold.anchor, policy.zone)
 
 

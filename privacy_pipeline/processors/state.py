@@ -17,7 +17,7 @@ from .instants import format_instant, parse_instant
 
 # Redelivery after a crash repeats recent events; a window per subject catches it
 # without keeping every id the person ever had.
-DEDUP_WINDOW = 32
+DEDUP_WINDOW = 16
 
 
 @dataclass(slots=True)

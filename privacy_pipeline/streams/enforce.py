@@ -167,10 +167,12 @@ class EnforceCore:
             self._schedule(key, state, timers)
 
     def _schedule(self, key: str, state: SubjectState, timers: list[tuple[datetime, str]]) -> None:
+        # One heap entry per subject, as in `Replay._schedule`.
         due = state.next_due()
         if due is None:
-            self._scheduled.pop(key, None)
-        elif self._scheduled.get(key) != due:
+            return
+        current = self._scheduled.get(key)
+        if current is None or due < current:
             self._scheduled[key] = due
             heapq.heappush(timers, (due, key))
 

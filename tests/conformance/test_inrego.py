@@ -440,8 +440,10 @@ def test_direct_marketing_objection_stops_marketing_and_erases_only_marketing_da
     direktmarknadsföring. Om du väljer att avregistrera dig ... upphöra med att rikta
     marknadsföring till dig." Before: direct_marketing on legitimate interest, open-ended.
     The opt-out on 2025-04-01T12:00+02:00 erases the marketing data only where it is held for
-    marketing (business systems, IT providers, marketing services), nothing else; every later
-    record is suppressed for direct_marketing with reason objection."""
+    marketing (business systems, IT providers, marketing services), nothing else, and at once:
+    an objection to direct marketing is absolute (GDPR art. 21(3)), so the targets get the
+    pack's opt-out deadline of one day, not the month of art. 12(3); every later record is
+    suppressed for direct_marketing with reason objection."""
     created = customer(C, "dm-1", "2024-01-10T10:00:00+01:00", fields=CUSTOMER_FIELDS)
     placed = order(C, "dm-1", "2025-03-01T12:00:00+01:00", order_id="D-1")
     optout = consent(C, "dm-1", "2025-04-01T12:00:00+02:00", "direct_marketing", "object")
@@ -469,7 +471,7 @@ def test_direct_marketing_objection_stops_marketing_and_erases_only_marketing_da
         assert cmd["categories"] == ["contact"]
         assert cmd["reason"] == "objection"
         assert cmd["issued_at"] == "2025-04-01T10:00:00Z"
-        assert cmd["deadline"] == "2025-05-01T10:00:00Z"
+        assert cmd["deadline"] == "2025-04-02T10:00:00Z"  # opt-out: one day, art. 21(3)
     for later in (later_order, later_update):
         tag = tag_of(decisions, later["event_id"])
         assert "direct_marketing" not in purpose_map(tag)

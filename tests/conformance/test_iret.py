@@ -285,9 +285,10 @@ def test_objection_applies_to_every_later_event_of_the_person() -> None:
     """Seed 003, "För vilka ändamål behandlas personuppgifterna?": "Företrädares
     personuppgifter kan även behandlas för ändamålet att skicka nyhetsbrev/direktmarknadsföring
     till kunden. Företrädaren har dock rätt att när som helst invända". After the objection the
-    marketing data is erased and every later record of that person has direct marketing
-    suppressed (reason objection), years later too; contract and legal-claims processing go on
-    and are not erased by it.
+    marketing data is erased at once (an objection to direct marketing is absolute, GDPR art.
+    21(3): the pack's opt-out deadline, one day) and every later record of that person has
+    direct marketing suppressed (reason objection), years later too; contract and legal-claims
+    processing go on and are not erased by it.
     """
     objected = "2024-02-05T10:00:00Z"
     decisions = run(
@@ -318,7 +319,7 @@ def test_objection_applies_to_every_later_event_of_the_person() -> None:
             "objection",
             "iret.rights.objection",
             objected,
-            "2024-03-05T10:00:00Z",
+            "2024-02-06T10:00:00Z",  # opt-out: one day after the objection
         )
         for t in PROSPECT_HOLDERS
     ]
@@ -532,14 +533,20 @@ def test_every_right_is_answered_within_one_month(right: str) -> None:
     """Seed 003, "För vilka ändamål behandlas personuppgifterna?" ("Företrädaren har dock
     rätt att när som helst invända"); the seed states no other right, but GDPR gives them
     all. Each request is answered at once, with a deadline one month after it was issued
-    (GDPR art. 12(3)); 31 January 2024 + 1 month = 29 February 2024.
+    (GDPR art. 12(3)); 31 January 2024 + 1 month = 29 February 2024. An objection to direct
+    marketing is absolute (art. 21(3); seed, on prospects: "direkt om personen invänder mot
+    direktmarknadsföring"), so its commands carry the pack's opt-out deadline, one day:
+    1 February 2024, well within the month.
     """
     at, due = "2024-01-31T12:00:00Z", "2024-02-29T12:00:00Z"
+    optout_due = "2024-02-01T12:00:00Z"
     decisions = run([*_history(), request(C, S, at, right, request_id="R-1")])
     answers = [d for d in decisions if d["decision"] != "tag"]
     assert answers, f"no answer to {right}"
+    expected_due = optout_due if right == "objection" else due
     for answer in answers:
-        assert (answer["issued_at"], answer["deadline"]) == (at, due), answer
+        assert (answer["issued_at"], answer["deadline"]) == (at, expected_due), answer
+        assert parse_instant(answer["deadline"]) <= parse_instant(due), answer
     if right in ("access", "portability"):
         (extract,) = answers
         assert (extract["decision"], extract["request_id"], extract["right"]) == (

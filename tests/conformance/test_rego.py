@@ -159,8 +159,8 @@ def test_unsubscribe_erases_marketing_data_only_where_it_is_held() -> None:
     direktmarknadsföring". The withdrawal erases the marketing data at once, with reason
     consent_withdrawn, at the targets holding it for direct marketing ("Andra som får del
     av dina uppgifter": CRM, address/print and distribution, e-mail/SMS dispatch), and only
-    there; the target must act within one month (GDPR art. 12(3)); 2 May 10:00 CEST
-    -> 2 June 10:00 CEST.
+    there; an opt-out is acted on at once (GDPR art. 21(3), the pack's opt-out deadline of
+    one day, not the month of art. 12(3)): 2 May 10:00 CEST -> 3 May 10:00 CEST.
     """
     decisions = run(
         [
@@ -180,7 +180,7 @@ def test_unsubscribe_erases_marketing_data_only_where_it_is_held() -> None:
             "consent_withdrawn",
             "rego.consent.withdrawal",
             "2024-05-02T08:00:00Z",
-            "2024-06-02T08:00:00Z",
+            "2024-05-03T08:00:00Z",
         )
         for t in DM_HOLDERS
     ]
@@ -263,7 +263,8 @@ def test_unsubscribe_link_sent_as_objection_also_stops_marketing() -> None:
     "du avregistrerar dig eller meddelar oss att du inte längre vill motta
     direktmarknadsföring", however it reaches us. An unsubscribe link delivered as a consent
     event with action `object` (the design's example of an objection) stops it just the
-    same: erased at once at the same three targets, suppressed on every later record.
+    same: erased at once at the same three targets (the pack's opt-out deadline, one day:
+    GDPR art. 21(3)), suppressed on every later record.
     """
     unsubscribed = "2024-05-02T08:00:00Z"
     decisions = run(
@@ -281,7 +282,7 @@ def test_unsubscribe_link_sent_as_objection_also_stops_marketing() -> None:
         (t, "erase", ["direct_marketing"], ["contact"]) for t in DM_HOLDERS
     ]
     assert {(c["issued_at"], c["deadline"]) for c in commands} == {
-        (unsubscribed, "2024-06-02T08:00:00Z")
+        (unsubscribed, "2024-05-03T08:00:00Z")
     }
     # Withdrawal of consent or objection: the seed does not tell them apart.
     assert {c["reason"] for c in commands} <= {"consent_withdrawn", "objection"}
@@ -297,7 +298,10 @@ def test_erasure_request_restricts_bookkeeping_and_erases_the_rest() -> None:
     lag". On an erasure request the invoice (Bookkeeping Act) is restricted, not erased, at
     the business system that keeps it; everything else is erased at once at every target
     holding it; when the bookkeeping period ends (through 2031, the seventh year after 2024)
-    the invoice is erased: at 2032-01-01 00:00 Stockholm, not a second before.
+    the invoice is erased: at 2032-01-01 00:00 Stockholm, not a second before. The invoice
+    holds who was invoiced as well as the order: the person gave identity and contact data
+    at account creation, and the bookkeeping rule keeps identity, contact and order, of which
+    the ERP holds contact and order.
     """
     events = [
         customer(C, S, "2024-03-15T10:00:00Z", fields=WITH_PNR),
@@ -321,7 +325,7 @@ def test_erasure_request_restricts_bookkeeping_and_erases_the_rest() -> None:
         req("web-analytics", "erase", ["analytics"], ["technical"]),
         req("market-analysis", "erase", ["analytics"], ["technical"]),
         req("credit-agency", "erase", ["credit_assessment"], ["identity", "contact"]),
-        req("erp", "restrict", ["bookkeeping"], ["order"]),
+        req("erp", "restrict", ["bookkeeping"], ["contact", "order"]),
     ]
     before = run(events, until="2031-12-31T22:59:59Z")
     assert _commands(before) == on_request
@@ -335,7 +339,7 @@ def test_erasure_request_restricts_bookkeeping_and_erases_the_rest() -> None:
             "erp",
             "erase",
             ["bookkeeping"],
-            ["order"],
+            ["contact", "order"],
             "retention_expired",
             "rego.bookkeeping.invoices",
             "2031-12-31T23:00:00Z",
@@ -508,14 +512,20 @@ def test_every_right_is_answered_within_one_month(right: str) -> None:
     """Seed 000, "Integritetspolicy" (introduction): "Policyn beskriver även dina
     rättigheter gentemot RE&GO och hur du kan utöva dina rättigheter." Every request is
     answered at once, with a deadline one month after it was issued (GDPR art. 12(3));
-    31 January 2024 + 1 month = 29 February 2024.
+    31 January 2024 + 1 month = 29 February 2024. An objection to direct marketing stops it
+    at once ("Så här länge behandlar RE&GO dina personuppgifter": "tills du avregistrerar dig
+    eller meddelar oss"; GDPR art. 21(3)): the pack's opt-out deadline, one day, so
+    1 February 2024, well within the month.
     """
     at, due = "2024-01-31T12:00:00Z", "2024-02-29T12:00:00Z"
+    optout_due = "2024-02-01T12:00:00Z"
     decisions = run([*_history(), request(C, S, at, right, request_id="R-1")])
     answers = [d for d in decisions if d["decision"] != "tag"]
     assert answers, f"no answer to {right}"
+    expected_due = optout_due if right == "objection" else due
     for answer in answers:
-        assert (answer["issued_at"], answer["deadline"]) == (at, due), answer
+        assert (answer["issued_at"], answer["deadline"]) == (at, expected_due), answer
+        assert parse_instant(answer["deadline"]) <= parse_instant(due), answer
     if right in ("access", "portability"):
         (extract,) = answers
         assert (extract["decision"], extract["request_id"], extract["right"]) == (

@@ -232,8 +232,10 @@ def test_unsubscribe_link_removes_marketing_data_only_where_held_for_marketing()
     uppgifter för direktmarknadsföring tas bort"; "Det går också att följa den länk som finns
     längst ned i reklamutskick från Rejoin så tas uppgifterna bort för direktmarknadsföring."
     The unsubscribe on 2025-01-15T12:00+01:00 erases the marketing data at the one target that
-    holds it for direct marketing (customer-systems), nothing else; later records are not used
-    for direct marketing (suppressed: objection) while contract and personalization go on."""
+    holds it for direct marketing (customer-systems), nothing else, and at once (the objection
+    to direct marketing is absolute, GDPR art. 21(3): the pack's opt-out deadline, one day);
+    later records are not used for direct marketing (suppressed: objection) while contract
+    and personalization go on."""
     optout = consent(C, "c-6", "2025-01-15T12:00:00+01:00", "direct_marketing", "object")
     later = order(C, "c-6", "2025-03-01T12:00:00+01:00", order_id="W-2")
     events = [*_customer_and_purchase("c-6"), optout, later]
@@ -254,7 +256,7 @@ def test_unsubscribe_link_removes_marketing_data_only_where_held_for_marketing()
         "reason": "objection",
         "rule": "rejoin.rights.objection",
         "issued_at": "2025-01-15T11:00:00Z",
-        "deadline": "2025-02-15T11:00:00Z",
+        "deadline": "2025-01-16T11:00:00Z",
     }
     tag = tag_of(decisions, later["event_id"])
     assert purpose_map(tag) == {
@@ -272,7 +274,9 @@ def test_objection_request_by_letter_removes_marketing_data():
     """Rejoin, "Dina rättigheter": "Invända mot ... behandling för direktmarknadsföring";
     "Anmälan om borttagande av direktmarknadsföring görs till webbshop@smart-telematik.se".
     A verified objection request (no purposes given: direct marketing) removes the marketing
-    data from customer-systems only, within one month."""
+    data from customer-systems only, at once: an objection to direct marketing is absolute
+    (GDPR art. 21(3)), so the pack's opt-out deadline of one day applies, not the month of
+    art. 12(3)."""
     objection = request(C, "c-7", "2025-01-31T12:00:00+01:00", "objection", request_id="OB-1")
     decisions = run([*_customer_and_purchase("c-7"), objection])
     commands = by_target(erasures(decisions))
@@ -283,7 +287,7 @@ def test_objection_request_by_letter_removes_marketing_data():
         ["direct_marketing"],
         "objection",
     )
-    assert (cmd["issued_at"], cmd["deadline"]) == ("2025-01-31T11:00:00Z", "2025-02-28T11:00:00Z")
+    assert (cmd["issued_at"], cmd["deadline"]) == ("2025-01-31T11:00:00Z", "2025-02-01T11:00:00Z")
 
 
 # -- erasure requests and bookkeeping ------------------------------------------------------
@@ -325,7 +329,8 @@ def test_bookkeeping_archived_without_search_on_erasure_and_erased_after_7th_yea
     "arkiverar data utan sökbarhet när dina personuppgifter måste lagras en längre period (t ex
     enligt bokföringslagen)". Invoice 2024-05-02T10:00+02:00 -> kept through 2031 (until
     2031-12-31T23:00:00Z). An erasure request restricts (does not erase) it in the accounting
-    archive; it is erased at 2031-12-31T23:00:00Z, not a second before."""
+    archive; it is erased at 2031-12-31T23:00:00Z, not a second before. The invoice holds who
+    was invoiced (the contact data the customer gave at creation) as well as the order."""
     invoice = order(C, "c-9", "2024-05-02T10:00:00+02:00", "invoiced", order_id="W-1")
     erase = request(C, "c-9", "2025-01-31T12:00:00+01:00", "erasure", request_id="ER-2")
     events = [*_customer_and_purchase("c-9"), invoice, erase]
@@ -342,7 +347,7 @@ def test_bookkeeping_archived_without_search_on_erasure_and_erased_after_7th_yea
     assert (cmd["action"], cmd["purposes"], cmd["categories"], cmd["reason"]) == (
         "restrict",
         ["bookkeeping"],
-        ["order"],
+        ["contact", "order"],
         "erasure_request",
     )
     assert (cmd["issued_at"], cmd["deadline"]) == ("2025-01-31T11:00:00Z", "2025-02-28T11:00:00Z")

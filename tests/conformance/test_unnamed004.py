@@ -208,6 +208,8 @@ def test_invoice_data_kept_per_bookkeeping_act_and_restricted_on_erasure_request
     through 2031 (the seventh year after the calendar year). An erasure request erases the
     customer data at once and restricts the invoice at the registers; the invoice is erased
     when the Bookkeeping Act period ends, 2032-01-01 00:00 Stockholm, not a second before.
+    The invoice holds who was invoiced (the contact data the customer gave) as well as the
+    order: the bookkeeping rule keeps contact and order.
     """
     invoiced, asked = "2024-03-15T10:00:00Z", "2024-09-01T10:00:00Z"
     expiry = "2031-12-31T23:00:00Z"
@@ -238,7 +240,7 @@ def test_invoice_data_kept_per_bookkeeping_act_and_restricted_on_erasure_request
     assert erased == [("registers", ["contract"]), ("subcontractors", ["contract"])]
     restricted = [c for c in on_request if c["action"] == "restrict"]
     assert [(c["target"], c["purposes"]) for c in restricted] == [("registers", ["bookkeeping"])]
-    assert "order" in restricted[0]["categories"]
+    assert restricted[0]["categories"] == ["contact", "order"]
     assert len(on_request) == 3
 
     fired = _commands(run(events, until=expiry), rule="unnamed004.bookkeeping.invoices")
@@ -247,7 +249,7 @@ def test_invoice_data_kept_per_bookkeeping_act_and_restricted_on_erasure_request
             "registers",
             "erase",
             ["bookkeeping"],
-            ["order"],
+            ["contact", "order"],
             "retention_expired",
             "unnamed004.bookkeeping.invoices",
             expiry,
@@ -328,8 +330,8 @@ def test_withdrawn_marketing_consent_stops_marketing_and_profiling() -> None:
     och om du vill återkalla ditt samtycke." Marketing and profiling ("Hur använder vi
     data": "så kallad profilering") rest on consent: tagged with no end date while it
     stands, erased at once at the registers when it is withdrawn (reason consent_withdrawn,
-    one month to act: 3 June -> 3 July), suppressed on every later record; the customer
-    relationship goes on.
+    the pack's opt-out deadline of one day to act: 3 June -> 4 June), suppressed on every
+    later record; the customer relationship goes on.
     """
     withdrawn = "2024-06-03T08:00:00Z"
     decisions = run(
@@ -375,7 +377,7 @@ def test_withdrawn_marketing_consent_stops_marketing_and_profiling() -> None:
             "consent_withdrawn",
             "unnamed004.consent.withdrawal",
             withdrawn,
-            "2024-07-03T08:00:00Z",
+            "2024-06-04T08:00:00Z",
         )
     ]
     for event_id in ("u1", "u2"):
@@ -425,14 +427,20 @@ def test_every_right_is_answered_within_one_month(right: str) -> None:
     """Seed 004, "Dina rättigheter": "Du har alltid rätt att begära ut den information vi
     har lagrad om dig, få den rättad eller raderad", and consent can be withdrawn. Each
     request is answered at once, with a deadline one month after it was issued (GDPR art.
-    12(3)); 31 January 2024 + 1 month = 29 February 2024.
+    12(3)); 31 January 2024 + 1 month = 29 February 2024. An objection to direct marketing
+    ("Du bestämmer alltid vilken behandling som du godkänner") is absolute (art. 21(3)): its
+    commands carry the pack's opt-out deadline, one day, so 1 February 2024, well within
+    the month.
     """
     at, due = "2024-01-31T12:00:00Z", "2024-02-29T12:00:00Z"
+    optout_due = "2024-02-01T12:00:00Z"
     decisions = run([*_history(), request(C, S, at, right, request_id="R-1")])
     answers = [d for d in decisions if d["decision"] != "tag"]
     assert answers, f"no answer to {right}"
+    expected_due = optout_due if right == "objection" else due
     for answer in answers:
-        assert (answer["issued_at"], answer["deadline"]) == (at, due), answer
+        assert (answer["issued_at"], answer["deadline"]) == (at, expected_due), answer
+        assert parse_instant(answer["deadline"]) <= parse_instant(due), answer
     if right in ("access", "portability"):
         (extract,) = answers
         assert (extract["decision"], extract["request_id"], extract["right"]) == (

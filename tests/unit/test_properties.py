@@ -36,7 +36,7 @@ POLICIES = Path(__file__).resolve().parents[2] / "policies"
 PACKS: dict[str, PolicyPack] = load_packs(POLICIES)
 CONTROLLERS = sorted(PACKS)
 SUBJECTS = ["s1", "s2", "s3"]
-MAX_EVENTS = 30
+MAX_EVENTS = 15
 assert MAX_EVENTS < DEDUP_WINDOW  # every redelivery falls inside the dedup window
 
 START = datetime(2020, 1, 1, tzinfo=UTC)

@@ -128,7 +128,7 @@ def test_until_fires_timers_due_by_then() -> None:
     decisions = list(replay.run(lines, parse_instant("2026-06-01T09:00:00Z")))
     assert kinds(decisions) == ["tag", "tag", "erasure", "erasure", "erasure", "erasure"]
     assert replay.pending_timers() == 0
-    assert replay.states[("inrego", "s1")].holds == {}
+    assert replay.states["inrego:s1"].holds == {}
 
 
 def test_until_earlier_than_the_last_event_does_not_move_the_clock_back() -> None:
