@@ -108,6 +108,7 @@ class CompiledPolicy:
         self.trigger_deadlines = {t.id: t.deadline.calendar() for t in pack.triggers}
         self._fields_cache: dict[frozenset[str], int] = {}
         self.relationship_rules = tuple(v for v in self.rules if v.kind == "relationship_end")
+        self._triggers_need_fields = any(t.when.with_fields for t in pack.triggers)
         self._ends_need_fields = any(
             m.with_fields for v in self.relationship_rules for m in v.rule.retention.ended_by or ()
         )
@@ -159,9 +160,10 @@ class CompiledPolicy:
             return ()
         key = (event.type, event.action, role)
         found = self._triggers_cache.get(key)
-        if found is None or any(t.when.with_fields for t in found):
+        if found is None:
             found = tuple(t for t in self.pack.triggers if matches(t.when, event, role))
-            self._triggers_cache[key] = found
+            if not self._triggers_need_fields:
+                self._triggers_cache[key] = found
         return found
 
     def relationships_ended_by(self, event: Event, role: str) -> tuple[RuleView, ...]:

@@ -28,6 +28,7 @@ from .serde import AvroSerde, RecordError, avro_to_event
 log = logging.getLogger(__name__)
 
 CLOCK_KEY = "__clock__"
+OFFSET_KEY = "__offset__"
 OPTOUT_ACTIONS = frozenset({"withdraw", "object"})
 
 
@@ -62,6 +63,10 @@ class EnforceCore:
         self.metrics = metrics
         self.wall_clock = wall_clock
         self.clocks: dict[int, datetime] = {}
+        # The last subject-log offset whose effects are in the changelog, per partition:
+        # a batch redelivered after a crash is skipped whole (its decisions went out).
+        self.applied: dict[int, int] = {}
+        self.skipped = 0
         self._timers: dict[int, list[tuple[datetime, str]]] = {}
         self._scheduled: dict[str, datetime] = {}
         self.processed = 0
@@ -73,6 +78,8 @@ class EnforceCore:
         for key, value in changes.items():
             if key == CLOCK_KEY:
                 self.clocks[partition] = parse_instant(value)
+            elif key == OFFSET_KEY:
+                self.applied[partition] = max(int(value), self.applied.get(partition, -1))
             elif value is None:
                 self.states.pop(key, None)
             else:
@@ -100,8 +107,13 @@ class EnforceCore:
 
     # -- processing -----------------------------------------------------------
 
-    def process_batch(self, partition: int, value: bytes) -> bytes | None:
+    def process_batch(
+        self, partition: int, value: bytes, offset: int | None = None
+    ) -> bytes | None:
         """Run one micro-batch; send its decisions; return the changelog record, if any."""
+        if offset is not None and offset <= self.applied.get(partition, -1):
+            self.skipped += 1
+            return None
         try:
             _, batch = self.serde.decode(value, "SubjectBatch")
         except RecordError as exc:
@@ -141,6 +153,8 @@ class EnforceCore:
         self.outputs.flush()
         self.processed += len(produced)
         self._observe(produced, optouts, [d for d, _, _ in decisions], len(batch["items"]))
+        if offset is not None:
+            self.applied[partition] = offset
         return self._changelog(partition, dirty)
 
     def _advance(
@@ -235,6 +249,8 @@ class EnforceCore:
         clock = self.clocks.get(partition)
         if clock is not None:
             changes[CLOCK_KEY] = format_instant(clock)
+        if partition in self.applied:
+            changes[OFFSET_KEY] = self.applied[partition]
         return json.dumps(changes, separators=(",", ":")).encode()
 
 

@@ -69,25 +69,55 @@ DEFAULT_MAX_SERIES = 2000
 """Default cap on distinct label sets per metric."""
 
 PROCESSING_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005,
-    0.001, 0.0025, 0.005,
-    0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 """Buckets of ``processing_seconds``: 100 µs .. 5 s."""
 
 OPTOUT_LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005,
-    0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
     10.0,
 )
 """Buckets of ``optout_latency_seconds``: 1 ms .. 10 s (0.1 s is the alert line)."""
 
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (
-    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000,
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1000,
+    2000,
+    5000,
+    10000,
 )
 """Buckets of ``batch_size`` (events per subject-log micro-batch)."""
 
@@ -195,57 +225,68 @@ class PipelineMetrics:
         self.events_total = Counter(
             PREFIX + "events",
             "Input events accepted, by source topic, event type and controller.",
-            ("topic", "type", "controller"), registry=reg,
+            ("topic", "type", "controller"),
+            registry=reg,
         )
         self.decisions_total = Counter(
             PREFIX + "decisions",
             "Decisions emitted (tag, erasure, extract, reject), by kind and controller.",
-            ("decision", "controller"), registry=reg,
+            ("decision", "controller"),
+            registry=reg,
         )
         self.suppressions_total = Counter(
             PREFIX + "suppressions",
             "Purposes suppressed on tagged records (opt-out, objection, restriction).",
-            ("purpose", "reason", "controller"), registry=reg,
+            ("purpose", "reason", "controller"),
+            registry=reg,
         )
         self.erasure_commands_total = Counter(
             PREFIX + "erasure_commands",
             "Erasure commands issued to downstream targets.",
-            ("reason", "action", "target", "controller"), registry=reg,
+            ("reason", "action", "target", "controller"),
+            registry=reg,
         )
         self.erasure_acks_total = Counter(
             PREFIX + "erasure_acks",
             "Acknowledgements of erasure commands received from downstream targets.",
-            ("target", "status", "controller"), registry=reg,
+            ("target", "status", "controller"),
+            registry=reg,
         )
         self.dead_letters_total = Counter(
             PREFIX + "dead_letters",
             "Records sent to the dead-letter topic, by source topic and reason.",
-            ("topic", "reason"), registry=reg,
+            ("topic", "reason"),
+            registry=reg,
         )
         self.processing_seconds = Histogram(
             PREFIX + "processing_seconds",
             "Time from an event (or micro-batch) being consumed to its decisions being sent.",
-            registry=reg, buckets=PROCESSING_BUCKETS,
+            registry=reg,
+            buckets=PROCESSING_BUCKETS,
         )
         self.optout_latency_seconds = Histogram(
             PREFIX + "optout_latency_seconds",
             "Time from a consent withdrawal or objection being produced to it being in force.",
-            registry=reg, buckets=OPTOUT_LATENCY_BUCKETS,
+            registry=reg,
+            buckets=OPTOUT_LATENCY_BUCKETS,
         )
         self.batch_size = Histogram(
             PREFIX + "batch_size",
             "Events per subject-log micro-batch.",
-            registry=reg, buckets=BATCH_SIZE_BUCKETS,
+            registry=reg,
+            buckets=BATCH_SIZE_BUCKETS,
         )
         self.retention_timers = Gauge(
             PREFIX + "retention_timers",
             "Retention timers pending in this worker, by controller.",
-            ("controller",), registry=reg,
+            ("controller",),
+            registry=reg,
         )
         self.consumer_lag = Gauge(
             PREFIX + "consumer_lag",
             "Consumer lag in records, by topic (under-counted on the embedded broker).",
-            ("topic",), registry=reg,
+            ("topic",),
+            registry=reg,
         )
 
         self._events = _Children(self.events_total, max_series)
@@ -412,9 +453,7 @@ class MetricsServer:
         self.stop()
 
 
-def serve_metrics(
-    port: int, registry: CollectorRegistry, addr: str = "127.0.0.1"
-) -> MetricsServer:
+def serve_metrics(port: int, registry: CollectorRegistry, addr: str = "127.0.0.1") -> MetricsServer:
     """Serve ``registry`` at ``http://addr:port/metrics`` in a daemon thread.
 
     Returns a :class:`MetricsServer`, which is a ``Callable[[], None]`` that

@@ -219,7 +219,7 @@ def build_app(
     async def enforce(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
-            changes = core.process_batch(message.partition, event.value)
+            changes = core.process_batch(message.partition, event.value, message.offset)
             if changes is not None:
                 key = f"{message.partition}:{message.offset}".encode()
                 await table.changelog_topic.send(
