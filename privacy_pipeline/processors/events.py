@@ -29,9 +29,12 @@ class EventError(ValueError):
         super().__init__(f"field '{field_name}': {message}" if field_name else message)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """One input event; fields not used by its type stay at their defaults."""
+    """One input event; fields not used by its type stay at their defaults.
+
+    Not frozen: a frozen dataclass pays a setattr call per field, on every event.
+    """
 
     event_id: str
     type: str

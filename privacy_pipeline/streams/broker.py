@@ -149,9 +149,15 @@ class EmbeddedBroker:
         log_file: str | os.PathLike[str] | None = None,
         *,
         die_with_parent: bool = True,
+        own_process_group: bool = False,
     ) -> None:
-        """Describe a broker; nothing starts until :meth:`start`."""
+        """Describe a broker; nothing starts until :meth:`start`.
+
+        ``own_process_group`` keeps a terminal's Ctrl-C (sent to the whole foreground
+        group) from reaching Tansu, which exits on SIGINT, so the worker can drain first.
+        """
         self.die_with_parent = die_with_parent
+        self.own_process_group = own_process_group
         self._requested_port = port
         self._port: int | None = port
         self.host = host
@@ -248,6 +254,7 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT if self._log_handle is not None else subprocess.DEVNULL,
             preexec_fn=_die_with_parent() if self.die_with_parent else None,
+            process_group=0 if self.own_process_group else None,
         )
         self._register_atexit()
         while True:

@@ -48,7 +48,7 @@ def broker(port: int | None, host: str) -> None:
     """
     from .broker import EmbeddedBroker
 
-    b = EmbeddedBroker(port=port, host=host)
+    b = EmbeddedBroker(port=port, host=host, own_process_group=True)
     b.start()
     click.echo(f"bootstrap: {b.bootstrap}")
     click.echo(f"{MEMORY_NOTE}. Ctrl-C stops it.", err=True)
@@ -104,7 +104,7 @@ def run(
     if not broker:
         from .broker import EmbeddedBroker
 
-        embedded = EmbeddedBroker().start()
+        embedded = EmbeddedBroker(own_process_group=True).start()
         broker = embedded.bootstrap
         click.echo(f"started the {MEMORY_NOTE}, at {broker}", err=True)
     metrics, stop_metrics = _metrics(metrics_port)
@@ -146,8 +146,8 @@ def _metrics(port: int) -> tuple[Any, Any]:
     help="Topic to publish to (customers, orders, clicks, consents, privacy-requests). "
     "Default: chosen per event by its type.",
 )
-@click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
-def produce(broker: str, prefix: str, topic: str | None, file: IO[str]) -> None:
+@click.argument("file", type=click.File("rb"), default="-")
+def produce(broker: str, prefix: str, topic: str | None, file: IO[bytes]) -> None:
     """Publish canonical JSON events (one per line) Avro-encoded; bad lines are reported.
 
     \b
@@ -168,10 +168,11 @@ def produce(broker: str, prefix: str, topic: str | None, file: IO[str]) -> None:
     serde = AvroSerde()
     producer = Producer({"bootstrap.servers": broker, "partitioner": "murmur2_random"})
     sent = bad = 0
-    for number, line in enumerate(file, start=1):
-        if not line.strip():
+    for number, raw in enumerate(file, start=1):
+        if not raw.strip():
             continue
         try:
+            line = raw.decode("utf-8")
             event = json.loads(line)
             if not isinstance(event, dict):
                 raise ValueError("not a JSON object")
@@ -196,6 +197,8 @@ def _safe(exc: Exception) -> str:
     # json errors carry a position, RecordError a field path: neither carries values.
     if isinstance(exc, json.JSONDecodeError):
         return f"not valid JSON: {exc.msg}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
     return str(exc)
 
 
@@ -278,4 +281,10 @@ def tail(
         consumer.close()
 
 
-COMMANDS = [broker, run, produce, tail]
+def _demo() -> click.Command:
+    from .demo import demo
+
+    return demo
+
+
+COMMANDS = [broker, run, _demo(), produce, tail]

@@ -28,7 +28,6 @@ would. Without it the demo runs until Ctrl-C.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
@@ -47,7 +46,7 @@ from typing import Any, NamedTuple
 
 import click
 
-from ..synthetic import TrafficModel
+from ..synthetic import CONTROLLERS, TrafficModel
 
 __all__ = [
     "DemoTraffic",
@@ -197,7 +196,7 @@ def _looks_valid(event: dict[str, Any]) -> bool:
     """False for the model's malformed events that still encode (ingest dead-letters them)."""
     from ..processors.events import EventError, parse_event
 
-    if event.get("controller") not in ("rego", "inrego", "rejoin", "iret", "unnamed004"):
+    if event.get("controller") not in CONTROLLERS:
         return False
     try:
         parse_event(event)
@@ -441,10 +440,15 @@ def _parts(counts: Counter[Any], limit: int = 5) -> str:
     return ", ".join(shown)
 
 
-def _latency(seconds: float | None) -> str:
+def _latency(q: float, buckets: list[tuple[float, float]]) -> str:
+    """The `q` quantile for people: "35ms", "2.4s", ">10s" past the last finite bucket."""
+    seconds = bucket_quantile(q, buckets)
     if seconds is None:
         return "-"
-    return f"{seconds * 1000:.0f}ms" if seconds < 10 else f"{seconds:.0f}s"
+    finite = [(bound, n) for bound, n in buckets if not math.isinf(bound)]
+    if finite and q * buckets[-1][1] > finite[-1][1]:
+        return f">{finite[-1][0]:g}s"
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
 
 
 def format_summary(
@@ -456,8 +460,7 @@ def format_summary(
         rate = (snap.events - previous.events) / (snap.at - previous.at)
         enforced = (snap.enforced - previous.enforced) / (snap.at - previous.at)
     sent = f"produced {produced:,}, " if produced is not None else ""
-    p50 = bucket_quantile(0.5, snap.optout_buckets)
-    p99 = bucket_quantile(0.99, snap.optout_buckets)
+    p50, p99 = _latency(0.5, snap.optout_buckets), _latency(0.99, snap.optout_buckets)
     return (
         f"[{elapsed:5.0f}s] events {rate:,.0f}/s in, {enforced:,.0f}/s enforced "
         f"({sent}accepted {_n(snap.events)}, enforced {_n(snap.enforced)}) | "
@@ -465,7 +468,7 @@ def format_summary(
         f"suppressed {_parts(snap.suppressions, 4)} | "
         f"erasure commands {_parts(snap.erasures, 7)} | "
         f"dead letters {_n(sum(snap.dead_letters.values()))} | "
-        f"opt-outs {_n(snap.optouts)}, latency p50 {_latency(p50)} p99 {_latency(p99)}"
+        f"opt-outs {_n(snap.optouts)}, latency p50 {p50} p99 {p99}"
     )
 
 
@@ -553,35 +556,6 @@ def _faust_handles_sigterm() -> bool:
     """True while the worker's event loop has its SIGTERM handler installed."""
     handler = signal.getsignal(signal.SIGTERM)
     return callable(handler)
-
-
-@contextlib.contextmanager
-def _broker_in_own_process_group() -> Iterator[None]:
-    """Start the embedded broker in its own process group while this is active.
-
-    Tansu exits on SIGINT, and a Ctrl-C in a terminal goes to the whole foreground
-    process group: the broker would vanish before the worker has drained and committed.
-    `EmbeddedBroker` runs a pre-exec hook (die-with-parent); this adds ``setpgid`` to it.
-    """
-    from . import broker as broker_module
-
-    original = broker_module._die_with_parent
-
-    def hook_factory() -> Callable[[], None] | None:
-        inner = original()
-
-        def hook() -> None:
-            os.setpgid(0, 0)
-            if inner is not None:
-                inner()
-
-        return hook
-
-    broker_module._die_with_parent = hook_factory
-    try:
-        yield
-    finally:
-        broker_module._die_with_parent = original
 
 
 @click.command()
@@ -692,8 +666,7 @@ def demo(
     try:
         if not broker:
             try:
-                with _broker_in_own_process_group():
-                    embedded = EmbeddedBroker(port=broker_port).start()
+                embedded = EmbeddedBroker(port=broker_port, own_process_group=True).start()
             except BrokerStartError as exc:
                 raise click.ClickException(str(exc)) from None
             broker = embedded.bootstrap
@@ -765,8 +738,7 @@ def _final_line(
     average = 0.0
     if begin is not None and end is not None and end.at > begin.at:
         average = (end.enforced - begin.enforced) / (end.at - begin.at)  # while events flowed
-    p50 = bucket_quantile(0.5, final.optout_buckets)
-    p99 = bucket_quantile(0.99, final.optout_buckets)
+    p50, p99 = _latency(0.5, final.optout_buckets), _latency(0.99, final.optout_buckets)
     status = "ok" if code == 0 else f"worker exit code {code}"
     dead = sum(final.dead_letters.values())
     unread = traffic.sent - traffic.failed - int(final.events) - int(dead)
@@ -780,5 +752,5 @@ def _final_line(
         f"erasure commands {_parts(final.erasures, 7)}; "
         f"dead letters {_n(dead)} "
         f"({_parts(final.dead_letters)}); "
-        f"opt-outs {_n(final.optouts)}, latency p50 {_latency(p50)} p99 {_latency(p99)}"
+        f"opt-outs {_n(final.optouts)}, latency p50 {p50} p99 {p99}"
     )

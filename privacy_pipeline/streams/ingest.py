@@ -96,7 +96,8 @@ class Ingest:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 10000,
-                "fetch.wait.max.ms": 100,
+                # Opt-outs must be in force within 100 ms: don't let an idle fetch sit long.
+                "fetch.wait.max.ms": 10,
             }
         )
         self.producer = Producer(
@@ -122,7 +123,7 @@ class Ingest:
         finally:
             self.close()
 
-    def step(self, timeout: float = 0.1) -> int:
+    def step(self, timeout: float = 0.02) -> int:
         """Consume one batch, write it on, commit; return the number of records consumed."""
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout)
         items: dict[int, list[dict[str, Any]]] = {}

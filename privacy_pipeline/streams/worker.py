@@ -21,12 +21,16 @@ import contextlib
 import json
 import logging
 import multiprocessing as mp
+import os
 import queue
+import signal
+import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,29 @@ from .serde import AvroSerde
 from .topics import TopicSpec, ensure_topics, topic_specs
 
 log = logging.getLogger(__name__)
+
+# faust hard-codes fetch_max_wait_ms=1500 for the worker's consumer. On an idle partition
+# a fetch then waits up to 1.5 s, which is the opt-out latency. 100 ms is as low as the
+# embedded broker handles well (smaller waits can stall on tiny batches).
+FETCH_MAX_WAIT_MS = 100
+
+
+def _patch_faust_fetch_wait() -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    if getattr(thread, "_privacy_pipeline_patched", False):
+        return
+    original = thread._create_worker_consumer
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+    thread._create_worker_consumer = create
+    thread._privacy_pipeline_patched = True
+
 
 FENCE_KEY = b"__fence__"
 STATE_TABLE = "subject-state"
@@ -103,6 +130,14 @@ class ProducerOutputs:
             raise RuntimeError(f"output writes failed: {'; '.join(errors[:3])}")
 
 
+class _Closed:
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        raise RuntimeError("the worker has stopped")
+
+    def flush(self) -> None:
+        return None
+
+
 class SubjectStateTable(faust.Table):  # type: ignore[misc]
     """A faust table whose changelog holds one record of state changes per micro-batch."""
 
@@ -156,6 +191,7 @@ def build_app(
     config: WorkerConfig, metrics: PipelineMetrics | None = None
 ) -> tuple[faust.App, SubjectStateTable, EnforceCore]:
     """The faust app with its subject-log agent and state table."""
+    _patch_faust_fetch_wait()
     datadir = config.datadir or Path(tempfile.mkdtemp(prefix="privacy-pipeline-"))
     app = faust.App(
         config.full_app_id,
@@ -215,11 +251,18 @@ def build_app(
     )
     table.core = core
 
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enforce")
+
     @app.agent(subject_log, name="enforce")
     async def enforce(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
         async for event in stream.events():
             message = event.message
-            changes = core.process_batch(message.partition, event.value, message.offset)
+            # One thread, awaited per batch: order is kept, and the loop stays free for
+            # heartbeats and commits while the batch runs and its outputs are flushed.
+            changes = await loop.run_in_executor(
+                executor, core.process_batch, message.partition, event.value, message.offset
+            )
             if changes is not None:
                 key = f"{message.partition}:{message.offset}".encode()
                 await table.changelog_topic.send(
@@ -234,6 +277,9 @@ def build_app(
 
 def _ingest_main(config: WorkerConfig, controllers: list[str], out: Any, stop: Any) -> None:
     from .ingest import Ingest  # a fresh process: import here
+
+    # A terminal's Ctrl-C reaches the whole group; the worker stops us in order instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     pending: Counter[tuple[str, ...]] = Counter()
 
@@ -254,8 +300,10 @@ def _ingest_main(config: WorkerConfig, controllers: list[str], out: Any, stop: A
         on_event=event,
     )
     last = time.monotonic()
+    parent = os.getppid()
     try:
-        while not stop.is_set():
+        # Stop with the worker, also when it was killed outright (kill -9).
+        while not stop.is_set() and os.getppid() == parent:
             ingest.step()
             if pending and time.monotonic() - last > 0.5:
                 out.put(dict(pending))
@@ -318,11 +366,13 @@ def run_worker(
 ) -> int:
     """Prepare topics, start ingest, run the faust worker until stopped; return exit code."""
     prepare(config)
-    app, _, _ = build_app(config, metrics)
+    app, _, core = build_app(config, metrics)
     ingest = IngestProcess(config, metrics) if config.ingest else None
     if ingest is not None:
         ingest.start()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    if not sys.stdout.isatty():
+        worker.spinner = None  # no cursor-control codes in logs and pipes
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -330,6 +380,9 @@ def run_worker(
     finally:
         if ingest is not None:
             ingest.stop()
+        with contextlib.suppress(Exception):
+            core.outputs.flush()
+        core.outputs = _Closed()  # drop the producer: an open connection delays broker stop
         with contextlib.suppress(Exception):
             asyncio.get_event_loop().close()
     return 0

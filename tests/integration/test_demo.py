@@ -313,3 +313,6 @@ def test_summary_reads_the_registry_and_shows_counts_only() -> None:
     assert "dead letters 3" in line
     assert "opt-outs 3" in line
     assert "C1000001" not in line and "inr-100001" not in line
+    assert re.search(r"latency p50 \d+ms p99 \d+ms", line), line
+    slow = Snapshot(optout_buckets=[(5.0, 1.0), (10.0, 1.0), (math.inf, 4.0)])
+    assert "opt-outs 4, latency p50 >10s p99 >10s" in format_summary(slow, None, 1.0)

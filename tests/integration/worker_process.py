@@ -277,6 +277,13 @@ class WorkerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def pause(self) -> None:
+        """SIGSTOP the main process (faust, enforce); ingest, a child, keeps running."""
+        _signal(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        _signal(self.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, wait for a clean exit; its exit code."""
         assert self.proc is not None, "not started"
@@ -319,6 +326,7 @@ class WorkerProcess:
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            self.resume()
             with contextlib.suppress(AssertionError):
                 self.stop(timeout=20)
         self.kill()
