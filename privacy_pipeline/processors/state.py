@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from hashlib import blake2b
+from sys import intern
 from typing import Any
 
 from .consent import EMPTY_LEDGER, ConsentEntry, ConsentLedger
-from .instants import format_instant, parse_instant
+from .instants import EPOCH
+
+MICROSECOND = timedelta(microseconds=1)
+
+
+def _at(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
 
 # Redelivery after a crash repeats recent events; a window per subject catches it
 # without keeping every id the person ever had.
@@ -70,8 +77,10 @@ class SubjectState:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form, for tables and snapshots."""
 
-        def t(v: datetime | None) -> str | None:
-            return None if v is None else format_instant(v)
+        # Instants as epoch microseconds: exact, and far cheaper than ISO text on the hot
+        # path (the live worker writes the changed states of every micro-batch).
+        def t(v: datetime | None) -> int | None:
+            return None if v is None else (v - EPOCH) // MICROSECOND
 
         return {
             "role": self.role,
@@ -103,8 +112,8 @@ class SubjectState:
     def from_dict(cls, data: dict[str, Any]) -> SubjectState:
         """Inverse of to_dict."""
 
-        def t(v: str | None) -> datetime | None:
-            return None if v is None else parse_instant(v)
+        def t(v: int | None) -> datetime | None:
+            return None if v is None else EPOCH + timedelta(microseconds=v)
 
         holds = {}
         for rid, h in data["holds"].items():
@@ -121,12 +130,14 @@ class SubjectState:
             )
         ledger = ConsentLedger(
             tuple(
-                ConsentEntry(purpose=p, action=a, channel=c, at=parse_instant(at), event_id=e)
+                ConsentEntry(
+                    purpose=intern(p), action=intern(a), channel=intern(c), at=_at(at), event_id=e
+                )
                 for p, a, c, at, e in data["ledger"]
             )
         )
         return cls(
-            role=data["role"],
+            role=intern(data["role"]),
             holds=holds,
             ledger=ledger,
             restricted=frozenset(data["restricted"]),
@@ -134,6 +145,6 @@ class SubjectState:
             categories=data.get("categories", 0),
             activity=None
             if data.get("activity") is None
-            else {k: parse_instant(v) for k, v in data["activity"].items()},
+            else {intern(k): _at(v) for k, v in data["activity"].items()},
             recent=array("Q", data["recent"]),
         )
