@@ -81,6 +81,7 @@ class Replay:
         # which wakes the subject early, finds nothing due and is pushed again then.
         due = state.next_due()
         if due is None:
+            self._scheduled.pop(key, None)  # its heap entry, if any, is skipped when popped
             return
         current = self._scheduled.get(key)
         if current is None or due < current:

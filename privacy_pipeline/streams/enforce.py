@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..processors.enforcer import Decision, PolicyEnforcer
 from ..processors.events import EventError, parse_event
-from ..processors.instants import format_instant, parse_instant
+from ..processors.instants import InstantError, format_instant, parse_instant
 from ..processors.state import SubjectState
 from .metrics import PipelineMetrics
 from .records import TAGGED_TOPIC, audit_record, erasure_command, subject_partition, tagged_record
@@ -93,6 +93,7 @@ class EnforceCore:
             for key, state in self.states.items():
                 if subject_partition(key, self.partitions) != partition:
                     continue
+                self._scheduled.pop(key, None)
                 due = state.next_due()
                 if due is not None:
                     self._scheduled[key] = due
@@ -129,7 +130,12 @@ class EnforceCore:
             if record is None:
                 continue
             if "ticker_id" in record:
-                self._advance(partition, parse_instant(record["at"]), timers, dirty, decisions)
+                try:
+                    at = parse_instant(record["at"])
+                except InstantError:
+                    log.error("tick with a malformed instant on partition %d skipped", partition)
+                    continue
+                self._advance(partition, at, timers, dirty, decisions)
                 continue
             try:
                 event = parse_event(avro_to_event(record))
@@ -184,6 +190,7 @@ class EnforceCore:
         # One heap entry per subject, as in `Replay._schedule`.
         due = state.next_due()
         if due is None:
+            self._scheduled.pop(key, None)  # its heap entry, if any, is skipped when popped
             return
         current = self._scheduled.get(key)
         if current is None or due < current:
@@ -243,7 +250,7 @@ class EnforceCore:
         self.metrics.set_retention_timers(None, self.timer_count())
 
     def _changelog(self, partition: int, dirty: set[str]) -> bytes | None:
-        if not dirty and partition not in self.clocks:
+        if not dirty and partition not in self.clocks and partition not in self.applied:
             return None
         changes: dict[str, Any] = {k: self.states[k].to_dict() for k in sorted(dirty)}
         clock = self.clocks.get(partition)

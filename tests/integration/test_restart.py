@@ -87,9 +87,9 @@ def scenario(start: datetime) -> tuple[list[list[Event]], list[list[Event]], lis
 
     Each chunk holds events of one input topic, in time order, and every chunk is later
     than the one before: however ingest splits topics into micro-batches, each subject-log
-    partition sees the events in time order, as `evaluate` does. The first half is 2,000
-    events of 200 subjects; its burst, many small chunks, ends with the opt-outs, the
-    opt-out of inrego's subject last of all."""
+    partition sees the events in time order, as `evaluate` does. The first half is 2,040
+    events of 200 subjects; its burst is many small chunks: orders, the opt-outs (inrego's
+    last), then consent renewals that send no decision."""
     clock = [start]
 
     def at(step: int = 4) -> datetime:
@@ -130,7 +130,13 @@ def scenario(start: datetime) -> tuple[list[list[Event]], list[list[Event]], lis
         [consent("unnamed004", subject("unnamed004", OPTED_OUT), at(), "withdraw")],
         [consent("inrego", subject("inrego", OPTED_OUT), at(), "object")],
     ]
-    assert sum(map(len, first)) + sum(map(len, burst)) == 2000
+    # consents renewed, no decision to send: enforce works these off in microseconds
+    renewals = [(c, i) for c, i in everyone if c in ("rego", "unnamed004") and i != OPTED_OUT]
+    burst += [
+        [consent(c, subject(c, i), at(), "grant") for c, i in renewals[k : k + 4]]
+        for k in range(0, 40, 4)
+    ]
+    assert sum(map(len, first)) + sum(map(len, burst)) == 2040
 
     clock[0] += timedelta(minutes=5)
     opted = [(c, OPTED_OUT) for c in CONTROLLERS]

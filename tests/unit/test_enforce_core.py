@@ -12,11 +12,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.instants import parse_instant
 from privacy_pipeline.processors.replay import Replay
 from privacy_pipeline.streams.enforce import CLOCK_KEY, OFFSET_KEY, EnforceCore
+from privacy_pipeline.streams.metrics import PipelineMetrics
 from privacy_pipeline.streams.records import subject_partition, subject_ref
 from privacy_pipeline.streams.serde import AvroSerde, event_to_avro
 from tests.conformance.scenarios import click, consent, customer, order, packs, request
@@ -113,6 +115,7 @@ def new_core(
     partitions: int = 1,
     prefix: str = "",
     states: dict[str, Any] | None = None,
+    metrics: PipelineMetrics | None = None,
 ) -> tuple[EnforceCore, FakeOutputs]:
     out = outputs if outputs is not None else FakeOutputs()
     core = EnforceCore(
@@ -122,6 +125,7 @@ def new_core(
         states={} if states is None else states,
         partitions=partitions,
         prefix=prefix,
+        metrics=metrics,
         wall_clock=lambda: WALL,
     )
     return core, out
@@ -485,6 +489,7 @@ def test_restore_then_later_batch_decides_like_one_core_that_saw_everything() ->
     record_whole = whole.process_batch(0, last, 3)
     want = out_whole.take()
     assert any(c["reason"] == "retention_expired" for c in commands_of(want))
+    assert SCENARIO[1]["event_id"] not in {r.get("event_id") for *_, r in want}
 
     fresh, out_fresh = new_core()
     for record in changelog:
@@ -515,8 +520,7 @@ def test_restore_rebuilds_timers_of_each_partition() -> None:
 
     original, _ = new_core(partitions=partitions)
     changelog = {
-        p: original.process_batch(p, events_batch(events), 0)
-        for p, events in by_partition.items()
+        p: original.process_batch(p, events_batch(events), 0) for p, events in by_partition.items()
     }
     fresh, out = new_core(partitions=partitions)
     for p, record in changelog.items():
@@ -531,6 +535,36 @@ def test_restore_rebuilds_timers_of_each_partition() -> None:
         assert len(commands) == 2 * len(events)
         assert {c["reason"] for c in commands} == {"retention_expired"}
     assert fresh.timer_count() == 0
+
+
+def test_restore_on_a_core_that_already_ran_the_partition_keeps_later_timers() -> None:
+    # faust recovers a partition each time it is assigned, also to a worker that owned it
+    # before: `restore` then runs on a core that already has timers for that partition.
+    core, out = new_core()
+    created = customer("inrego", "z", "2024-01-10T10:00:00+01:00")  # account due 2029-01-10
+    erase = request("inrego", "z", "2024-02-01T10:00:00+01:00", "erasure")  # no hold left
+    core.process_batch(0, events_batch([created]), 0)
+    record = core.process_batch(0, events_batch([erase], 1), 1)
+    assert record is not None
+    assert core.states["inrego:z"].next_due() is None
+    core.restore(0, json.loads(record))
+
+    again = customer("inrego", "z", "2024-03-10T10:00:00+01:00", event_id="z-again")
+    core.process_batch(0, events_batch([again], 2), 2)
+    assert core.states["inrego:z"].next_due() == parse_instant("2029-03-10T09:00:00Z")
+    out.take()
+    core.process_batch(0, batch([tick(0, "2040-01-01T00:00:00Z")]), 3)
+    commands = commands_of(out.take())
+    assert commands != []
+    assert {(c["subject_id"], c["reason"]) for c in commands} == {("z", "retention_expired")}
+    # The same as a core that never restored.
+    plain, plain_out = new_core()
+    plain.process_batch(0, events_batch([created]), 0)
+    plain.process_batch(0, events_batch([erase], 1), 1)
+    plain.process_batch(0, events_batch([again], 2), 2)
+    plain_out.take()
+    plain.process_batch(0, batch([tick(0, "2040-01-01T00:00:00Z")]), 3)
+    assert commands == commands_of(plain_out.take())
 
 
 def test_restored_offset_skips_batches_already_applied() -> None:
@@ -699,6 +733,62 @@ def test_undecodable_batch_is_skipped_without_output(value: bytes) -> None:
 def test_items_without_event_are_ignored() -> None:
     empty = {**item(VISIT, 0), "event": None}
     core, out = new_core()
-    assert core.process_batch(0, batch([empty]), 0) is None
+    # Nothing changes but the applied offset, which is recorded so a restart skips it.
+    assert core.process_batch(0, batch([empty]), 0) == b'{"__offset__":0}'
     assert out.sent == []
     assert core.applied == {0: 0}
+
+
+def test_malformed_tick_does_not_stop_the_stream() -> None:
+    # Bad input never stops the stream (design, Flow): a tick whose instant does not
+    # parse must not make the whole batch raise (redelivered, it would raise forever).
+    core, out = new_core()
+    changes = core.process_batch(0, batch([item(VISIT, 0), tick(0, "not-a-time")]), 0)
+    assert [t for t, *_ in out.sent] == ["tagged-clicks"]
+    assert changes is not None
+    assert json.loads(changes)[CLOCK_KEY] == "2024-01-10T09:00:00Z"
+    assert core.applied == {0: 0}
+
+
+# -- timers and metrics -----------------------------------------------------------------------
+
+
+def test_timer_count_counts_subjects_with_a_timer_set() -> None:
+    core, _ = new_core()
+    events = [
+        customer("inrego", "z", "2024-01-10T10:00:00+01:00"),
+        click("inrego", "y", "2024-01-10T10:00:00+01:00"),
+    ]
+    core.process_batch(0, events_batch(events), 0)
+    assert core.timer_count() == 2
+    # An erasure request drops every hold of z (none is under a legal obligation).
+    core.process_batch(
+        0, events_batch([request("inrego", "z", "2024-02-01T10:00:00+01:00", "erasure")], 2), 1
+    )
+    assert core.states["inrego:z"].next_due() is None
+    assert core.timer_count() == 1
+
+
+def test_metrics_count_decisions_dead_letters_and_optout_latency() -> None:
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    core, _ = new_core(metrics=metrics)
+    objection = consent("inrego", S1, "2024-02-01T10:00:00+01:00")
+    items = [
+        item(SCENARIO[0], 0),
+        {**item(objection, 1), "produced_at_ms": int(WALL * 1000) - 2500},
+        {**item(VISIT, 2), "event": _unknown_controller_record()},
+        tick(0, "2024-02-02T00:00:00Z"),
+    ]
+    core.process_batch(0, batch(items), 0)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value("privacy_pipeline_" + name, labels)
+
+    assert sample("dead_letters_total", topic="clicks", reason="invalid_event") == 1.0
+    assert sample("decisions_total", decision="tag", controller="inrego") == 1.0
+    assert sample("decisions_total", decision="erasure", controller="inrego") == 3.0
+    assert sample("optout_latency_seconds_count") == 1.0
+    assert sample("optout_latency_seconds_sum") == pytest.approx(2.5)
+    assert sample("processing_seconds_count") == 2.0
+    assert sample("batch_size_count") == 1.0

@@ -73,8 +73,8 @@ def test_subject_partition_matches_the_java_client() -> None:
     for key, java in vectors.items():
         for partitions in (1, 3, 7, 12, 100):
             assert subject_partition(key, partitions) == (java & 0x7FFFFFFF) % partitions
-    assert subject_partition("21", 100) == 88
-    assert subject_partition("foobar", 12) == 10
+    assert subject_partition("21", 100) == 40
+    assert subject_partition("foobar", 12) == 6
 
 
 def test_subject_partition_is_stable() -> None:
@@ -90,7 +90,8 @@ def test_subject_partition_is_stable() -> None:
 
 
 def test_subject_ref_hides_the_subject_id() -> None:
-    for subject in ["s1", "19790101-1234", "anna@example.se", "Åsa Öberg", "7"]:
+    # Ids with a character outside [0-9a-f], so they cannot turn up in a hex digest by chance.
+    for subject in ["s1", "19790101-1234", "anna@example.se", "Åsa Öberg", "cust-0042"]:
         ref = subject_ref("inrego", subject)
         assert ref is not None
         assert re.fullmatch(r"inrego:[0-9a-f]{16}", ref)
@@ -145,7 +146,12 @@ def test_tagged_record_carries_the_tag_and_the_record() -> None:
         "suppressed": [{"purpose": "direct_marketing", "reason": "objection"}],
     }
     tagged = tagged_record(decision, "click", record, "inrego@2023-10")
-    assert tagged == {**decision, "type": "click", "policy_version": "inrego@2023-10", "record": record}
+    assert tagged == {
+        **decision,
+        "type": "click",
+        "policy_version": "inrego@2023-10",
+        "record": record,
+    }
     name, decoded = SERDE.decode(SERDE.encode("TaggedRecord", tagged))
     assert name == "TaggedRecord"
     assert decoded == tagged
