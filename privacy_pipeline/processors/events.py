@@ -87,14 +87,21 @@ def parse_event(obj: object) -> Event:
     """Check a decoded JSON value against the input-event contract and build an Event."""
     if not isinstance(obj, dict):
         raise EventError(None, "an event must be a JSON object")
-    event_id = _text(obj, "event_id")
-    etype = obj.get("type")
+    get = obj.get
+    event_id = get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        event_id = _text(obj, "event_id")  # raises, naming the problem
+    etype = get("type")
     if etype is None:
         raise EventError("type", "is required")
     if not isinstance(etype, str) or etype not in EVENT_TYPES:
         raise EventError("type", f"unknown type; expected one of {', '.join(sorted(EVENT_TYPES))}")
-    controller = _text(obj, "controller")
-    subject_id = _text(obj, "subject_id")
+    controller = get("controller")
+    if not isinstance(controller, str) or not controller:
+        controller = _text(obj, "controller")
+    subject_id = get("subject_id")
+    if not isinstance(subject_id, str) or not subject_id:
+        subject_id = _text(obj, "subject_id")
     occurred_raw = obj.get("occurred_at")
     if occurred_raw is None:
         raise EventError("occurred_at", "is required")

@@ -54,15 +54,16 @@ def record(
     if kind in PER_RECORD:
         expires = record_expiry(policy, view, at)
         micros = to_micros(at)
-        if hold.pending is None:
+        if not hold.pending:
             hold.pending = array("q", [micros])
+            hold.due = expires
         elif micros >= hold.pending[-1]:
-            hold.pending.append(micros)
+            hold.pending.append(micros)  # in order: the earliest record, and due, stay
         else:
             items = list(hold.pending)
             insort(items, micros)
             hold.pending = array("q", items)
-        hold.due = record_expiry(policy, view, from_micros(hold.pending[0]))
+            hold.due = record_expiry(policy, view, from_micros(items[0]))
         return hold, expires
     if kind == "latest_activity":
         if hold.anchor is None:
