@@ -141,7 +141,6 @@ def measure_memory(
         after_states = tracemalloc.get_traced_memory()[0]
         # The timer index (heap + schedule) is per-subject state too.
         replay._timers = []
-        replay._scheduled = {}
         gc.collect()
         after_timers = tracemalloc.get_traced_memory()[0]
     finally:

@@ -11,6 +11,7 @@ import heapq
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from sys import intern
 from typing import Any
 
 from .enforcer import Decision, PolicyEnforcer
@@ -28,7 +29,7 @@ class Replay:
         self.states: dict[SubjectKey, SubjectState] = {}
         self.clock: datetime | None = None
         self._timers: list[tuple[datetime, str]] = []
-        self._scheduled: dict[SubjectKey, datetime] = {}
+        self._timer_count = 0
 
     def process_line(self, number: int, line: str) -> list[Decision]:
         """One input line: its decisions, or a `reject` naming the problem."""
@@ -48,7 +49,7 @@ class Replay:
         out = self.advance(event.occurred_at)
         now = self.clock
         assert now is not None  # noqa: S101 - set by advance
-        key = event.key
+        key = intern(event.key)  # one shared copy for the state table and the timer heap
         previous = self.states.get(key)
         state, decisions = self.enforcer.on_event(previous, event, now)
         if previous is None:
@@ -66,10 +67,18 @@ class Replay:
         timers = self._timers
         while timers and timers[0][0] <= now:
             due, key = heapq.heappop(timers)
-            if self._scheduled.get(key) != due:
-                continue  # superseded by an earlier schedule
-            del self._scheduled[key]
             state = self.states[key]
+            if state.timer != due:
+                continue  # superseded by an earlier schedule, or no longer set
+            actual = state.next_due()
+            if actual is not None and actual > due:
+                # The timer moved later since this entry was pushed: requeue it, so that
+                # subjects fire in the order of their real due instants.
+                state.timer = actual
+                heapq.heappush(timers, (actual, key))
+                continue
+            state.timer = None
+            self._timer_count -= 1
             controller, subject_id = key.split(":", 1)
             state, decisions = self.enforcer.on_time(state, controller, subject_id, now)
             out.extend(decisions)
@@ -80,17 +89,30 @@ class Replay:
         # One heap entry per subject: a timer that moves later keeps its earlier entry,
         # which wakes the subject early, finds nothing due and is pushed again then.
         due = state.next_due()
+        current = state.timer
         if due is None:
-            self._scheduled.pop(key, None)  # its heap entry, if any, is skipped when popped
+            if current is not None:
+                state.timer = None  # its heap entry is skipped when popped
+                self._timer_count -= 1
             return
-        current = self._scheduled.get(key)
         if current is None or due < current:
-            self._scheduled[key] = due
+            if current is None:
+                self._timer_count += 1
+            state.timer = due
             heapq.heappush(self._timers, (due, key))
+
+    def restore(self, states: dict[SubjectKey, SubjectState]) -> None:
+        """Continue from saved subject states (e.g. a snapshot): rebuild the timer index."""
+        self.states = {intern(k): v for k, v in states.items()}
+        self._timers = []
+        self._timer_count = 0
+        for key, state in self.states.items():
+            state.timer = None
+            self._schedule(key, state)
 
     def pending_timers(self) -> int:
         """Subjects with a retention timer set."""
-        return len(self._scheduled)
+        return self._timer_count
 
     def run(self, lines: Iterable[str], until: datetime | None = None) -> Iterator[Decision]:
         """All decisions for the lines, then those due by `until` (default: the last event)."""

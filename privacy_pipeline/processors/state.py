@@ -54,17 +54,32 @@ class SubjectState:
     # Latest instant per activity (`order:placed`, `customer:contacted`, ...) that a
     # sliding retention counts from.
     activity: dict[str, datetime] | None = None
-    recent: array = field(default_factory=lambda: array("Q"))  # type: ignore[type-arg]
+    # 8-byte digests of the latest event ids, oldest first; bytes are the most compact
+    # container Python has for them (an array costs twice the header).
+    recent: bytes = b""
+    # The instant the driver's timer index (Replay, the live worker) holds for this
+    # subject; bookkeeping of the driver, derived again after a restore, never serialised.
+    timer: datetime | None = None
 
     def seen(self, event_id: str) -> bool:
         """True if the event was already applied (redelivery); else remember it."""
-        digest = int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "little")
-        if digest in self.recent:
-            return True
-        self.recent.append(digest)
-        if len(self.recent) > DEDUP_WINDOW:
-            del self.recent[0]
+        digest = blake2b(event_id.encode(), digest_size=8).digest()
+        recent = self.recent
+        at = recent.find(digest)
+        while at != -1:
+            if at % 8 == 0:
+                return True
+            at = recent.find(digest, at + 1)
+        recent += digest
+        if len(recent) > 8 * DEDUP_WINDOW:
+            recent = recent[8:]
+        self.recent = recent
         return False
+
+    def recent_digests(self) -> list[int]:
+        """The remembered event-id digests, oldest first."""
+        r = self.recent
+        return [int.from_bytes(r[i : i + 8], "little") for i in range(0, len(r), 8)]
 
     def next_due(self) -> datetime | None:
         """The earliest instant a retention timer of this subject fires."""
@@ -105,7 +120,7 @@ class SubjectState:
             "activity": None
             if self.activity is None
             else {k: t(v) for k, v in sorted(self.activity.items())},
-            "recent": list(self.recent),
+            "recent": self.recent_digests(),
         }
 
     @classmethod
@@ -146,5 +161,5 @@ class SubjectState:
             activity=None
             if data.get("activity") is None
             else {intern(k): _at(v) for k, v in data["activity"].items()},
-            recent=array("Q", data["recent"]),
+            recent=b"".join(int(d).to_bytes(8, "little") for d in data["recent"]),
         )

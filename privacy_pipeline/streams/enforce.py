@@ -178,8 +178,14 @@ class EnforceCore:
             due, key = heapq.heappop(timers)
             if self._scheduled.get(key) != due:
                 continue
-            del self._scheduled[key]
             state = self.states[key]
+            actual = state.next_due()
+            if actual is not None and actual > due:
+                # Moved later since pushed: requeue, so subjects fire in due order.
+                self._scheduled[key] = actual
+                heapq.heappush(timers, (actual, key))
+                continue
+            del self._scheduled[key]
             controller, subject_id = key.split(":", 1)
             state, out = self.enforcer.on_time(state, controller, subject_id, clock)
             dirty.add(key)

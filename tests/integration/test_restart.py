@@ -1,17 +1,19 @@
 """Crash and restart: a worker killed with SIGKILL loses no opt-out and changes no decision.
 
 The subject state lives in a faust table whose changelog holds one record per subject-log
-micro-batch. On the embedded broker, ListOffsets "latest" answers the start of the last
-producer batch, so a plain faust recovery stops one batch early; the worker fences every
-changelog partition before it starts so that recovery reads everything. Here the
-scenario's opt-outs are the last input of the first half, so their state changes are the
-last changelog records before the crash: without an exact recovery they would be lost.
+micro-batch. The embedded broker answers ListOffsets "latest" with the start of the last
+producer batch (+1), so when that batch holds several records a plain faust recovery stops
+short of them; the worker fences every changelog partition before it starts (`prepare`)
+so that recovery reads everything. The scenario makes that case happen: enforce is stalled
+(SIGSTOP) while ingest goes on, so it works off a backlog of small micro-batches, the
+opt-outs among the last, and its last changelog records leave in multi-record batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from worker_process import (
     INPUT_TOPIC_OF,
     SERDE,
@@ -43,7 +45,7 @@ from worker_process import (
 )
 
 from privacy_pipeline.streams.serde import event_to_avro
-from privacy_pipeline.streams.worker import FENCE_KEY, WorkerConfig
+from privacy_pipeline.streams.worker import FENCE_KEY, WorkerConfig, prepare
 
 Event = dict[str, Any]
 CONTROLLERS = ("inrego", "rego", "rejoin", "iret", "unnamed004")
@@ -195,12 +197,18 @@ class Progress:
         )
 
 
+def true_ends(reader: TopicReader) -> dict[int, int]:
+    """partition -> the offset after its last record read."""
+    ends: dict[int, int] = {}
+    for rec in reader.records:
+        ends[rec.partition] = max(ends.get(rec.partition, 0), rec.offset + 1)
+    return ends
+
+
 def misreported_ends(broker: str, reader: TopicReader) -> dict[int, tuple[int, int]]:
     """partition -> (end the broker reports, true end) where they differ: the recovery
     of such a partition stops early unless the end is fenced."""
-    true_end: dict[int, int] = {}
-    for rec in reader.records:
-        true_end[rec.partition] = max(true_end.get(rec.partition, 0), rec.offset + 1)
+    true_end = true_ends(reader)
     consumer = Consumer({"bootstrap.servers": broker, "group.id": "watermarks"})
     try:
         out = {}
@@ -212,6 +220,24 @@ def misreported_ends(broker: str, reader: TopicReader) -> dict[int, tuple[int, i
         return out
     finally:
         consumer.close()
+
+
+HIGHWATER_ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*(\d+)\s*\|\s*(-?\d+)\s*\|\s*$")
+
+
+def recovery_highwaters(log: str) -> dict[int, int]:
+    """partition -> the last changelog offset faust's first active recovery read up to,
+    from its "Highwater - Active" log table."""
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Highwater - Active" in line)
+    out: dict[int, int] = {}
+    for line in lines[start + 1 :]:
+        if not line.startswith(("|", "+")):
+            break
+        row = HIGHWATER_ROW.match(line)
+        if row is not None:
+            out[int(row.group(2))] = int(row.group(3))
+    return out
 
 
 def live_by_id(
@@ -291,13 +317,23 @@ def test_kill_9_and_restart_lose_no_opt_out_and_change_no_decision(
     progress.wait(sent)
     assert progress.batches() - batches_before >= 10, "the burst made few micro-batches"
     changes_before_crash = progress.changes()
+    ends_before_crash = true_ends(readers[changelog])
     misreported = misreported_ends(broker, readers[changelog])
     print(f"changelog partitions whose end the broker misreports: {misreported}")
 
     first_worker.kill()  # SIGKILL, the worker and its ingest process
 
     second_worker = start_worker("worker-after-crash")
-    # (c) every subject of the first half recovered, from every changelog record
+    # (c) recovery read the changelog up to its last record before the crash (faust's
+    # "highwater" is the last offset it reads) ...
+    highwaters = recovery_highwaters(second_worker.log())
+    short = {
+        p: (highwaters.get(p), end - 1)
+        for p, end in ends_before_crash.items()
+        if highwaters.get(p, -1) < end - 1
+    }
+    assert short == {}, f"recovery stops short (highwater, last offset): {short}, {misreported}"
+    # ... and restored every subject of the first half from every changelog record
     assert second_worker.recovery() == (changes_before_crash, len(first_subjects))
 
     for chunk in second:
@@ -383,3 +419,30 @@ def test_kill_9_of_the_worker_leaves_no_ingest_process_behind(
         time.sleep(0.2)
     left = [p for p in spawned if alive(p)]
     assert not left, f"processes of the killed worker still running: {left}"
+
+
+def test_the_fence_makes_the_end_of_every_changelog_partition_exact(
+    broker: str, topic_prefix: str, make_topics: Callable[[int], None]
+) -> None:
+    """What recovery relies on, without a worker: after `prepare` (run at every start),
+    the broker reports the true end of every changelog partition, even when the last
+    producer batch before it held several records (which the embedded broker misreports)."""
+    make_topics(2)
+    config = WorkerConfig(bootstrap=broker, prefix=topic_prefix, partitions=2)
+    prepare(config)
+    producer = Producer({"bootstrap.servers": broker, "linger.ms": 200})
+    for partition in (0, 1):
+        for i in range(5):
+            producer.produce(config.changelog_topic, b"{}", key=b"%d" % i, partition=partition)
+    assert producer.flush(30) == 0
+    reader = TopicReader(broker, config.changelog_topic)
+    try:
+        reader.wait(12)
+        before = misreported_ends(broker, reader)
+        print(f"before the fence, misreported ends: {before}")
+        prepare(config)  # as a restarted worker does
+        reader.wait(14)
+        assert misreported_ends(broker, reader) == {}
+        assert [r.key for r in reader.records if r.offset == 6] == [FENCE_KEY, FENCE_KEY]
+    finally:
+        reader.close()

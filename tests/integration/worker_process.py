@@ -424,6 +424,14 @@ class TopicReader:
                 )
                 got += 1
 
+    def wait(self, count: int, timeout: float = 20) -> None:
+        """Until `count` records have been read."""
+        deadline = time.monotonic() + timeout
+        while len(self.records) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.topic}: {len(self.records)} of {count} records")
+            self.poll(0.2)
+
     def values(self) -> list[dict[str, Any]]:
         return [r.value for r in self.records if r.value is not None]
 
