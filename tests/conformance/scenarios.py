@@ -5,18 +5,22 @@ same offline engine as `privacy-pipeline evaluate`: Replay(PolicyEnforcer(load_p
 over the repository's policy packs, with an optional `until` instant, and returns the
 decision dicts. The builders make events in their canonical JSON form; event ids are
 derived from the subject, type, action and instant unless given, so scenarios stay short.
+The expectation helpers build what the decisions should be (tag purposes, erasure commands
+less their ids) and hold the checks every seed shares (answers to a request within a month,
+byte-identical output for the same input).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
-from privacy_pipeline.processors.instants import parse_instant
+from privacy_pipeline.processors.instants import format_instant, parse_instant
 from privacy_pipeline.processors.policy import PolicyPack, load_packs
 from privacy_pipeline.processors.replay import Replay, encode_decision
 
@@ -210,3 +214,105 @@ def by_target(commands: Iterable[Decision]) -> dict[str, Decision]:
         assert c["target"] not in out, f"two commands for target {c['target']}"
         out[c["target"]] = c
     return out
+
+
+# -- expectations -----------------------------------------------------------------------
+
+
+def second_before(instant: str) -> str:
+    """The ISO instant one second before `instant` (to show a timer has not fired yet)."""
+    return format_instant(parse_instant(instant) - timedelta(seconds=1))
+
+
+def tag_purpose(purpose: str, legal_basis: str, expires_at: str | None, rule: str) -> Decision:
+    """One entry of a tag decision's `purposes`, as the enforcer writes it."""
+    return {"purpose": purpose, "legal_basis": legal_basis, "expires_at": expires_at, "rule": rule}
+
+
+def erasure_command(
+    controller: str,
+    target: str,
+    action: str,
+    purposes: list[str],
+    categories: list[str],
+    reason: str,
+    rule: str,
+    issued_at: str,
+    deadline: str | None,
+    *,
+    subject: str,
+    **extra: Any,
+) -> Decision:
+    """An erasure command as decided, less its command_id (compare with `erasure_commands`).
+
+    A seed's tests bind controller and subject once:
+    `_cmd = partial(erasure_command, C, subject=S)`.
+    """
+    return {
+        "decision": "erasure",
+        "controller": controller,
+        "subject_id": subject,
+        "target": target,
+        "action": action,
+        "purposes": purposes,
+        "categories": categories,
+        "reason": reason,
+        "rule": rule,
+        "issued_at": issued_at,
+        "deadline": deadline,
+        **extra,
+    }
+
+
+def without_id(command: Mapping[str, Any]) -> Decision:
+    """A command without its command_id (a hash, asserted apart from the content)."""
+    return {k: v for k, v in command.items() if k != "command_id"}
+
+
+def erasure_commands(decisions: Iterable[Decision], **match: Any) -> list[Decision]:
+    """`erasures(decisions, **match)` without their command ids, in decision order."""
+    return [without_id(c) for c in erasures(decisions, **match)]
+
+
+RIGHTS = ["access", "portability", "rectification", "erasure", "objection", "restriction"]
+
+
+def answers_within_a_month(
+    controller: str, subject: str, history: Sequence[Event], right: str
+) -> list[Decision]:
+    """The decisions answering a request for `right` (request id R-1) made on 31 January
+    2024 12:00 after `history`, once the deadline rule every seed shares is asserted: each
+    answer is issued at once and due one month later, 29 February 2024 (GDPR art. 12(3)),
+    except an objection to direct marketing, absolute under art. 21(3), which carries the
+    pack's one-day opt-out deadline, 1 February 2024. An access or portability request is
+    answered by a single extract for R-1.
+    """
+    at, due = "2024-01-31T12:00:00Z", "2024-02-29T12:00:00Z"
+    optout_due = "2024-02-01T12:00:00Z"
+    decisions = run([*history, request(controller, subject, at, right, request_id="R-1")])
+    answers = [d for d in decisions if d["decision"] != "tag"]
+    assert answers, f"no answer to {right}"
+    expected_due = optout_due if right == "objection" else due
+    for answer in answers:
+        assert (answer["issued_at"], answer["deadline"]) == (at, expected_due), answer
+        assert parse_instant(answer["deadline"]) <= parse_instant(due), answer
+    if right in ("access", "portability"):
+        (extract,) = answers
+        assert (extract["decision"], extract["request_id"], extract["right"]) == (
+            "extract",
+            "R-1",
+            right,
+        )
+    return answers
+
+
+def assert_same_output(events: Sequence[Event], until: str, *, at_least: int) -> None:
+    """The same events give byte-identical decisions up to `until`, command ids included,
+    with at least `at_least` erasure commands, each id distinct.
+    """
+    first = run_lines(events, until=until)
+    second = run_lines(events, until=until)
+    assert first == second
+    ids = [c["command_id"] for c in erasures(run(events, until=until))]
+    assert len(ids) >= at_least
+    assert len(set(ids)) == len(ids)

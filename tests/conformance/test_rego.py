@@ -7,26 +7,31 @@ from the last Sunday of March to the last Sunday of October).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
 
-from privacy_pipeline.processors.instants import format_instant, parse_instant
 from privacy_pipeline.processors.policy import load_pack
 
 from .scenarios import (
     POLICIES,
+    RIGHTS,
+    answers_within_a_month,
+    assert_same_output,
     click,
     consent,
     customer,
+    erasure_command,
+    erasure_commands,
     erasures,
     extracts,
     order,
     request,
     run,
-    run_lines,
+    second_before,
     tag_of,
+    tag_purpose,
 )
 
 C = "rego"
@@ -40,40 +45,17 @@ WITH_PNR = {**CONTACT, "personnummer": "19790101-1234"}
 DM_HOLDERS = ["crm", "address-and-print", "email-sms"]
 
 
-def _without_id(cmd: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cmd.items() if k != "command_id"}
+_cmd = partial(erasure_command, C, subject=S)
 
 
-def _cmd(
-    target: str,
-    action: str,
-    purposes: list[str],
-    categories: list[str],
-    reason: str,
-    rule: str,
-    issued_at: str,
-    deadline: str,
-    subject: str = S,
-    **extra: Any,
-) -> dict[str, Any]:
-    return {
-        "decision": "erasure",
-        "controller": C,
-        "subject_id": subject,
-        "target": target,
-        "action": action,
-        "purposes": purposes,
-        "categories": categories,
-        "reason": reason,
-        "rule": rule,
-        "issued_at": issued_at,
-        "deadline": deadline,
-        **extra,
-    }
+def _contract(expires_at: str) -> dict[str, Any]:
+    return tag_purpose("contract", "contract", expires_at, "rego.contract.customers")
 
 
-def _commands(decisions: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
-    return [_without_id(c) for c in erasures(decisions, **match)]
+def _credit_assessment(expires_at: str) -> dict[str, Any]:
+    return tag_purpose(
+        "credit_assessment", "legitimate_interest", expires_at, "rego.credit_assessment.orders"
+    )
 
 
 def test_direct_marketing_without_consent_is_suppressed() -> None:
@@ -94,18 +76,8 @@ def test_direct_marketing_without_consent_is_suppressed() -> None:
     )
     first = tag_of(decisions, "c1")
     assert first["purposes"] == [
-        {
-            "purpose": "contract",
-            "legal_basis": "contract",
-            "expires_at": "2027-03-15T10:00:00Z",
-            "rule": "rego.contract.customers",
-        },
-        {
-            "purpose": "credit_assessment",
-            "legal_basis": "legitimate_interest",
-            "expires_at": "2025-03-15T10:00:00Z",
-            "rule": "rego.credit_assessment.orders",
-        },
+        _contract("2027-03-15T10:00:00Z"),
+        _credit_assessment("2025-03-15T10:00:00Z"),
     ]
     assert first["suppressed"] == [{"purpose": "direct_marketing", "reason": "no_consent"}]
     second = tag_of(decisions, "c2")
@@ -129,22 +101,9 @@ def test_consent_grant_tags_direct_marketing_until_withdrawn() -> None:
         ],
         until="2026-12-31T00:00:00Z",
     )
-    dm = {
-        "purpose": "direct_marketing",
-        "legal_basis": "consent",
-        "expires_at": None,
-        "rule": "rego.direct_marketing.consent",
-    }
+    dm = tag_purpose("direct_marketing", "consent", None, "rego.direct_marketing.consent")
     created = tag_of(decisions, "c1")
-    assert created["purposes"] == [
-        {
-            "purpose": "contract",
-            "legal_basis": "contract",
-            "expires_at": "2027-03-15T10:00:00Z",
-            "rule": "rego.contract.customers",
-        },
-        dm,
-    ]
+    assert created["purposes"] == [_contract("2027-03-15T10:00:00Z"), dm]
     assert created["suppressed"] == []
     updated = tag_of(decisions, "u1")
     assert dm in updated["purposes"]
@@ -184,7 +143,7 @@ def test_unsubscribe_erases_marketing_data_only_where_it_is_held() -> None:
         )
         for t in DM_HOLDERS
     ]
-    assert _commands(decisions) == expected
+    assert erasure_commands(decisions) == expected
     # Other processing goes on: nothing held for contract, credit or analytics is touched.
     assert all(c["purposes"] == ["direct_marketing"] for c in erasures(decisions))
 
@@ -217,38 +176,18 @@ def test_after_unsubscribe_marketing_stays_stopped_and_other_processing_continue
     )
     stopped = [{"purpose": "direct_marketing", "reason": "consent_withdrawn"}]
     u1 = tag_of(decisions, "u1")
-    assert u1["purposes"] == [
-        {
-            "purpose": "contract",
-            "legal_basis": "contract",
-            "expires_at": "2027-03-15T10:00:00Z",
-            "rule": "rego.contract.customers",
-        }
-    ]
+    assert u1["purposes"] == [_contract("2027-03-15T10:00:00Z")]
     assert u1["suppressed"] == stopped
     o1 = tag_of(decisions, "o1")
     assert o1["purposes"] == [
-        {
-            "purpose": "contract",
-            "legal_basis": "contract",
-            "expires_at": "2027-06-01T10:00:00Z",
-            "rule": "rego.contract.customers",
-        },
-        {
-            "purpose": "credit_assessment",
-            "legal_basis": "legitimate_interest",
-            "expires_at": "2025-06-01T10:00:00Z",
-            "rule": "rego.credit_assessment.orders",
-        },
+        _contract("2027-06-01T10:00:00Z"),
+        _credit_assessment("2025-06-01T10:00:00Z"),
     ]
     k1 = tag_of(decisions, "k1")
     assert k1["purposes"] == [
-        {
-            "purpose": "analytics",
-            "legal_basis": "legitimate_interest",
-            "expires_at": "2026-06-02T10:00:00Z",
-            "rule": "rego.analytics.web",
-        }
+        tag_purpose(
+            "analytics", "legitimate_interest", "2026-06-02T10:00:00Z", "rego.analytics.web"
+        )
     ]
     u2 = tag_of(decisions, "u2")
     assert [p["purpose"] for p in u2["purposes"]] == ["contract"]
@@ -328,13 +267,13 @@ def test_erasure_request_restricts_bookkeeping_and_erases_the_rest() -> None:
         req("erp", "restrict", ["bookkeeping"], ["contact", "order"]),
     ]
     before = run(events, until="2031-12-31T22:59:59Z")
-    assert _commands(before) == on_request
+    assert erasure_commands(before) == on_request
     assert not any(
         "bookkeeping" in c["purposes"] and c["action"] == "erase" for c in erasures(before)
     )
 
     after = run(events, until="2031-12-31T23:00:00Z")
-    assert _commands(after) == on_request + [
+    assert erasure_commands(after) == on_request + [
         _cmd(
             "erp",
             "erase",
@@ -368,14 +307,12 @@ def test_bookkeeping_kept_through_seventh_year_after_the_calendar_year(
     """
     events = [order(C, S, invoiced_at, "invoiced", event_id="i1")]
     tag = tag_of(run(events), "i1")
-    assert {
-        "purpose": "bookkeeping",
-        "legal_basis": "legal_obligation",
-        "expires_at": expires_at,
-        "rule": "rego.bookkeeping.invoices",
-    } in tag["purposes"]
+    assert (
+        tag_purpose("bookkeeping", "legal_obligation", expires_at, "rego.bookkeeping.invoices")
+        in tag["purposes"]
+    )
 
-    one_second_before = format_instant(parse_instant(expires_at) - timedelta(seconds=1))
+    one_second_before = second_before(expires_at)
     assert erasures(run(events, until=one_second_before), rule="rego.bookkeeping.invoices") == []
     fired = erasures(run(events, until=expires_at), rule="rego.bookkeeping.invoices")
     assert [(c["target"], c["action"], c["reason"], c["issued_at"]) for c in fired] == [
@@ -403,31 +340,15 @@ def test_contract_data_erased_when_its_period_after_the_latest_activity_ends() -
     rule = "rego.contract.customers"
     assert erasures(run(events, until="2028-06-01T07:59:59Z"), rule=rule) == []
     at, due = "2028-06-01T08:00:00Z", "2028-06-02T08:00:00Z"
-    assert _commands(run(events, until=at), rule=rule) == [
-        _cmd("crm", "erase", ["contract"], ["contact"], "retention_expired", rule, at, due),
-        _cmd(
-            "erp", "erase", ["contract"], ["contact", "order"], "retention_expired", rule, at, due
-        ),
-        _cmd(
-            "address-and-print",
-            "erase",
-            ["contract"],
-            ["contact"],
-            "retention_expired",
-            rule,
-            at,
-            due,
-        ),
-        _cmd(
-            "payment",
-            "erase",
-            ["contract"],
-            ["contact", "order"],
-            "retention_expired",
-            rule,
-            at,
-            due,
-        ),
+    holders = [
+        ("crm", ["contact"]),
+        ("erp", ["contact", "order"]),
+        ("address-and-print", ["contact"]),
+        ("payment", ["contact", "order"]),
+    ]
+    assert erasure_commands(run(events, until=at), rule=rule) == [
+        _cmd(t, "erase", ["contract"], cats, "retention_expired", rule, at, due)
+        for t, cats in holders
     ]
 
 
@@ -505,9 +426,7 @@ ALL_TARGETS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "right", ["access", "portability", "rectification", "erasure", "objection", "restriction"]
-)
+@pytest.mark.parametrize("right", RIGHTS)
 def test_every_right_is_answered_within_one_month(right: str) -> None:
     """Seed 000, "Integritetspolicy" (introduction): "Policyn beskriver även dina
     rättigheter gentemot RE&GO och hur du kan utöva dina rättigheter." Every request is
@@ -517,22 +436,9 @@ def test_every_right_is_answered_within_one_month(right: str) -> None:
     eller meddelar oss"; GDPR art. 21(3)): the pack's opt-out deadline, one day, so
     1 February 2024, well within the month.
     """
-    at, due = "2024-01-31T12:00:00Z", "2024-02-29T12:00:00Z"
-    optout_due = "2024-02-01T12:00:00Z"
-    decisions = run([*_history(), request(C, S, at, right, request_id="R-1")])
-    answers = [d for d in decisions if d["decision"] != "tag"]
-    assert answers, f"no answer to {right}"
-    expected_due = optout_due if right == "objection" else due
-    for answer in answers:
-        assert (answer["issued_at"], answer["deadline"]) == (at, expected_due), answer
-        assert parse_instant(answer["deadline"]) <= parse_instant(due), answer
+    answers = answers_within_a_month(C, S, _history(), right)
     if right in ("access", "portability"):
         (extract,) = answers
-        assert (extract["decision"], extract["request_id"], extract["right"]) == (
-            "extract",
-            "R-1",
-            right,
-        )
         held = [p["purpose"] for p in extract["purposes"]]
         if right == "access":
             assert held == [
@@ -576,9 +482,4 @@ def test_same_input_gives_identical_output() -> None:
         consent(C, S, "2024-02-01T08:00:00Z", "direct_marketing", "withdraw"),
         request(C, S, "2024-03-01T08:00:00Z", "erasure", request_id="R-2"),
     ]
-    first = run_lines(events, until="2032-06-01T00:00:00Z")
-    second = run_lines(events, until="2032-06-01T00:00:00Z")
-    assert first == second
-    ids = [c["command_id"] for c in erasures(run(events, until="2032-06-01T00:00:00Z"))]
-    assert len(ids) >= 10
-    assert len(set(ids)) == len(ids)
+    assert_same_output(events, "2032-06-01T00:00:00Z", at_least=10)

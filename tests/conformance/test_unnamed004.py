@@ -7,25 +7,30 @@ from the last Sunday of March to the last Sunday of October).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
 
-from privacy_pipeline.processors.instants import format_instant, parse_instant
 from privacy_pipeline.processors.policy import load_pack
 
 from .scenarios import (
     POLICIES,
+    RIGHTS,
+    answers_within_a_month,
+    assert_same_output,
     consent,
     customer,
+    erasure_command,
+    erasure_commands,
     erasures,
     extracts,
     order,
     request,
     run,
-    run_lines,
+    second_before,
     tag_of,
+    tag_purpose,
 )
 
 C = "unnamed004"
@@ -34,52 +39,9 @@ S = "kund-1"
 
 CONTACT = {"name": "Eva Ek", "email": "eva@foretag.se"}
 CONTRACT_RULE = "unnamed004.contract.customers-and-suppliers"
-CONTRACT_OPEN = {
-    "purpose": "contract",
-    "legal_basis": "contract",
-    "expires_at": None,
-    "rule": CONTRACT_RULE,
-}
+CONTRACT_OPEN = tag_purpose("contract", "contract", None, CONTRACT_RULE)
 
-
-def _without_id(cmd: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cmd.items() if k != "command_id"}
-
-
-def _cmd(
-    target: str,
-    action: str,
-    purposes: list[str],
-    categories: list[str],
-    reason: str,
-    rule: str,
-    issued_at: str,
-    deadline: str,
-    subject: str = S,
-    **extra: Any,
-) -> dict[str, Any]:
-    return {
-        "decision": "erasure",
-        "controller": C,
-        "subject_id": subject,
-        "target": target,
-        "action": action,
-        "purposes": purposes,
-        "categories": categories,
-        "reason": reason,
-        "rule": rule,
-        "issued_at": issued_at,
-        "deadline": deadline,
-        **extra,
-    }
-
-
-def _commands(decisions: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
-    return [_without_id(c) for c in erasures(decisions, **match)]
-
-
-def _second_before(instant: str) -> str:
-    return format_instant(parse_instant(instant) - timedelta(seconds=1))
+_cmd = partial(erasure_command, C, subject=S)
 
 
 def test_customer_data_kept_while_the_relationship_lasts() -> None:
@@ -124,8 +86,8 @@ def test_customer_data_erased_36_months_after_the_relationship_ends() -> None:
     assert tag_of(decisions, "e1")["purposes"] == []
     (extract,) = extracts(decisions)
     assert [(p["rule"], p["expires_at"]) for p in extract["purposes"]] == [(CONTRACT_RULE, expiry)]
-    assert erasures(run(events, until=_second_before(expiry))) == []
-    assert _commands(run(events, until=expiry)) == [
+    assert erasures(run(events, until=second_before(expiry))) == []
+    assert erasure_commands(run(events, until=expiry)) == [
         _cmd(
             t,
             "erase",
@@ -159,12 +121,12 @@ def test_supplier_data_kept_while_supplying_then_at_most_36_months() -> None:
         ),
         customer(C, s, ended, "relationship_ended", role="supplier", fields={}),
     ]
-    decisions = run(events, until=_second_before(expiry))
+    decisions = run(events, until=second_before(expiry))
     supplier = tag_of(decisions, "l1")
     assert supplier["purposes"] == [CONTRACT_OPEN]
     assert "direct_marketing" not in [p["purpose"] for p in supplier["purposes"]]
     assert erasures(decisions) == []
-    assert _commands(run(events, until=expiry)) == [
+    assert erasure_commands(run(events, until=expiry)) == [
         _cmd(
             t,
             "erase",
@@ -221,15 +183,10 @@ def test_invoice_data_kept_per_bookkeeping_act_and_restricted_on_erasure_request
     invoice = tag_of(run(events), "i1")
     assert invoice["purposes"] == [
         CONTRACT_OPEN,
-        {
-            "purpose": "bookkeeping",
-            "legal_basis": "legal_obligation",
-            "expires_at": expiry,
-            "rule": "unnamed004.bookkeeping.invoices",
-        },
+        tag_purpose("bookkeeping", "legal_obligation", expiry, "unnamed004.bookkeeping.invoices"),
     ]
 
-    before = run(events, until=_second_before(expiry))
+    before = run(events, until=second_before(expiry))
     on_request = erasures(before)
     assert {c["reason"] for c in on_request} == {"erasure_request"}
     assert {c["rule"] for c in on_request} == {"unnamed004.rights.erasure"}
@@ -243,7 +200,7 @@ def test_invoice_data_kept_per_bookkeeping_act_and_restricted_on_erasure_request
     assert restricted[0]["categories"] == ["contact", "order"]
     assert len(on_request) == 3
 
-    fired = _commands(run(events, until=expiry), rule="unnamed004.bookkeeping.invoices")
+    fired = erasure_commands(run(events, until=expiry), rule="unnamed004.bookkeeping.invoices")
     assert fired == [
         _cmd(
             "registers",
@@ -361,14 +318,9 @@ def test_withdrawn_marketing_consent_stops_marketing_and_profiling() -> None:
     )
     assert tag_of(decisions, "c1")["purposes"] == [
         CONTRACT_OPEN,
-        {
-            "purpose": "direct_marketing",
-            "legal_basis": "consent",
-            "expires_at": None,
-            "rule": "unnamed004.direct_marketing.consent",
-        },
+        tag_purpose("direct_marketing", "consent", None, "unnamed004.direct_marketing.consent"),
     ]
-    assert _commands(decisions) == [
+    assert erasure_commands(decisions) == [
         _cmd(
             "registers",
             "erase",
@@ -420,9 +372,7 @@ def _history() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize(
-    "right", ["access", "portability", "rectification", "erasure", "objection", "restriction"]
-)
+@pytest.mark.parametrize("right", RIGHTS)
 def test_every_right_is_answered_within_one_month(right: str) -> None:
     """Seed 004, "Dina rättigheter": "Du har alltid rätt att begära ut den information vi
     har lagrad om dig, få den rättad eller raderad", and consent can be withdrawn. Each
@@ -432,22 +382,9 @@ def test_every_right_is_answered_within_one_month(right: str) -> None:
     commands carry the pack's opt-out deadline, one day, so 1 February 2024, well within
     the month.
     """
-    at, due = "2024-01-31T12:00:00Z", "2024-02-29T12:00:00Z"
-    optout_due = "2024-02-01T12:00:00Z"
-    decisions = run([*_history(), request(C, S, at, right, request_id="R-1")])
-    answers = [d for d in decisions if d["decision"] != "tag"]
-    assert answers, f"no answer to {right}"
-    expected_due = optout_due if right == "objection" else due
-    for answer in answers:
-        assert (answer["issued_at"], answer["deadline"]) == (at, expected_due), answer
-        assert parse_instant(answer["deadline"]) <= parse_instant(due), answer
+    answers = answers_within_a_month(C, S, _history(), right)
     if right in ("access", "portability"):
         (extract,) = answers
-        assert (extract["decision"], extract["request_id"], extract["right"]) == (
-            "extract",
-            "R-1",
-            right,
-        )
         held = [p["purpose"] for p in extract["purposes"]]
         if right == "access":
             assert held == ["contract", "bookkeeping", "direct_marketing"]
@@ -495,9 +432,4 @@ def test_same_input_gives_identical_output() -> None:
         customer(C, S, "2024-05-20T08:00:00Z", "relationship_ended", role="customer", fields={}),
         request(C, S, "2024-06-01T08:00:00Z", "erasure", request_id="R-2"),
     ]
-    first = run_lines(events, until="2032-06-01T00:00:00Z")
-    second = run_lines(events, until="2032-06-01T00:00:00Z")
-    assert first == second
-    ids = [c["command_id"] for c in erasures(run(events, until="2032-06-01T00:00:00Z"))]
-    assert len(ids) >= 6
-    assert len(set(ids)) == len(ids)
+    assert_same_output(events, "2032-06-01T00:00:00Z", at_least=6)

@@ -168,7 +168,8 @@ def test_live_decisions_equal_evaluate(
     now = datetime.now(UTC).replace(microsecond=0)
     events = mixed_scenario(now)
     path = write_events(tmp_path / "scenario.jsonl", events)
-    offline = decisions_of(evaluate(path))
+    offline_lines = evaluate(path)
+    offline = decisions_of(offline_lines)
     by_id = {e["event_id"]: e for e in events}
     versions = policy_versions()
 
@@ -207,6 +208,18 @@ def test_live_decisions_equal_evaluate(
         settle=1.5,
     )
 
+    # the precondition of live == offline: enforce saw the events in time order
+    readers.wait(["subject-log"], lambda: True, timeout=1, what="", settle=1.0)
+    logged = [
+        item["event"]
+        for batch in readers["subject-log"].values()
+        for item in batch["items"]
+        if item["event"] is not None and "ticker_id" not in item["event"]
+    ]
+    assert sorted(e["event_id"] for e in logged) == sorted(by_id)
+    times = [e["occurred_at"] for e in logged]
+    assert times == sorted(times), "ingest put the events out of time order"
+
     # tagged records: exactly one per tagged event, on the topic of its type
     seen: dict[str, dict[str, Any]] = {}
     for topic in TAGGED_TOPICS:
@@ -236,7 +249,6 @@ def test_live_decisions_equal_evaluate(
 
     # audit: every decision that is not a tag, as evaluate's exact line
     audited = sorted(a["payload_json"] for a in readers["audit"].values())
-    offline_lines = evaluate(path)
     assert audited == sorted(
         line for line in offline_lines if json.loads(line)["decision"] != "tag"
     )
@@ -429,14 +441,21 @@ def test_ticks_fire_a_retention_timer_live(
         topic_prefix + INPUT_TOPIC_OF["click"],
         [(b"inrego:visitor-tick", SERDE.encode("ClickEvent", event_to_avro(visit)[1]))],
     )
+    arrivals: list[datetime] = []
+
+    def both_arrived() -> bool:
+        if not arrivals and len(readers["erasure-commands"].records) >= 2:
+            arrivals.append(datetime.now(UTC))
+        return bool(arrivals)
+
     readers.wait(
         ["erasure-commands", "tagged-clicks"],
-        lambda: len(readers["erasure-commands"].records) >= 2,
+        both_arrived,
         timeout=(expires - datetime.now(UTC)).total_seconds() + 10,
         what="retention erasure commands within 10 s of the lapse",
         settle=1.5,
     )
-    arrived = datetime.now(UTC)
+    [arrived] = arrivals
     [live_tag] = readers["tagged-clicks"].values()
     assert live_tag["purposes"] == tag["purposes"]
 

@@ -135,8 +135,8 @@ def scenario(start: datetime) -> tuple[list[list[Event]], list[list[Event]], lis
     # consents renewed, no decision to send: enforce works these off in microseconds
     renewals = [(c, i) for c, i in everyone if c in ("rego", "unnamed004") and i != OPTED_OUT]
     burst += [
-        [consent(c, subject(c, i), at(), "grant") for c, i in renewals[k : k + 4]]
-        for k in range(0, 40, 4)
+        [consent(c, subject(c, i), at(), "grant") for c, i in renewals[k : k + 2]]
+        for k in range(0, 40, 2)
     ]
     assert sum(map(len, first)) + sum(map(len, burst)) == 2040
 
@@ -310,7 +310,7 @@ def test_kill_9_and_restart_lose_no_opt_out_and_change_no_decision(
         for chunk in burst:
             send_events(broker, topic_prefix, chunk)
             sent += len(chunk)
-            time.sleep(0.15)
+            time.sleep(0.06)
         readers.wait(["subject-log"], lambda: progress.items() >= sent, 30, "the burst")
     finally:
         first_worker.resume()

@@ -95,15 +95,15 @@ def child_env(tmp: Path | None = None) -> dict[str, str]:
 
 
 def cli(
-    *args: str, stdin: str | bytes | None = None, timeout: float = 60
+    *args: str, stdin: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run `privacy-pipeline ARGS` and return its result (text output)."""
-    data = stdin.decode("utf-8", "replace") if isinstance(stdin, bytes) else stdin
+    """Run `privacy-pipeline ARGS` and return its result (UTF-8 text output)."""
     return subprocess.run(
         [cli_path(), *args],
-        input=data,
+        input=stdin,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=timeout,
         env=child_env(),
         check=False,
@@ -168,6 +168,24 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _die_with_test_run() -> Callable[[], None] | None:
+    """A pre-exec hook: SIGKILL the worker if the test run dies without its teardown
+    (Linux; its ingest child stops by itself when the worker is gone)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def hook() -> None:
+        prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -235,6 +253,7 @@ class WorkerProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=child_env(self.log_dir / f"{self.name}-tmp"),
+                preexec_fn=_die_with_test_run(),
             )
         return self
 

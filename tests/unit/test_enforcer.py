@@ -49,6 +49,14 @@ class Subject:
     def send(self, etype: str, at: str, **kw: Any) -> list[dict[str, Any]]:
         return self.apply(self.event(etype, at, **kw))
 
+    def consent(self, at: str, action: str, channel: str = "email") -> list[dict[str, Any]]:
+        """Send a consent event for direct marketing: grant, withdraw or object."""
+        return self.send("consent", at, purpose="direct_marketing", action=action, channel=channel)
+
+    def request(self, at: str, right: str, **kw: Any) -> list[dict[str, Any]]:
+        """Send a verified privacy request for `right` (`purposes=[...]` to name some)."""
+        return self.send("privacy_request", at, right=right, **kw)
+
     def apply(self, event: Event, now: datetime | None = None) -> list[dict[str, Any]]:
         self.state, decisions = self.enforcer.on_event(self.state, event, now or event.occurred_at)
         return decisions
@@ -161,9 +169,7 @@ def test_second_delivery_of_an_event_gives_no_decisions() -> None:
 
 def test_redelivered_withdrawal_issues_no_second_round_of_commands() -> None:
     person = Subject("rego")
-    person.send(
-        "consent", "2024-01-10T09:00:00Z", purpose="direct_marketing", action="grant", channel="web"
-    )
+    person.consent("2024-01-10T09:00:00Z", "grant", "web")
     person.send("customer", "2024-01-10T09:01:00Z", action="created", fields=EMAIL)
     withdraw = person.event(
         "consent",
@@ -218,16 +224,7 @@ def test_withdrawal_stops_exactly_the_consent_based_purposes() -> None:
     assert tagged(tag) == [("contract", "contract")]
     assert suppressed(tag) == [("direct_marketing", "no_consent")]
 
-    assert (
-        person.send(
-            "consent",
-            "2024-01-10T09:05:00Z",
-            purpose="direct_marketing",
-            action="grant",
-            channel="email",
-        )
-        == []
-    )
+    assert person.consent("2024-01-10T09:05:00Z", "grant") == []
     [tag] = person.send("customer", "2024-01-11T09:00:00Z", action="updated", fields=EMAIL)
     assert tagged(tag) == [("contract", "contract"), ("direct_marketing", "consent")]
     person.send("click", "2024-01-11T10:00:00Z")
@@ -237,13 +234,7 @@ def test_withdrawal_stops_exactly_the_consent_based_purposes() -> None:
         "rego.analytics.web",
     }
 
-    decisions = person.send(
-        "consent",
-        "2024-02-01T09:00:00Z",
-        purpose="direct_marketing",
-        action="withdraw",
-        channel="email",
-    )
+    decisions = person.consent("2024-02-01T09:00:00Z", "withdraw")
     assert commands(decisions) == [
         ("crm", "erase", ["direct_marketing"], "consent_withdrawn"),
         ("address-and-print", "erase", ["direct_marketing"], "consent_withdrawn"),
@@ -263,18 +254,14 @@ def test_withdrawal_stops_exactly_the_consent_based_purposes() -> None:
     assert suppressed(tag) == [("direct_marketing", "consent_withdrawn")]
 
     # A new grant opens it again.
-    person.send(
-        "consent", "2024-03-01T09:00:00Z", purpose="direct_marketing", action="grant", channel="web"
-    )
+    person.consent("2024-03-01T09:00:00Z", "grant", "web")
     [tag] = person.send("customer", "2024-03-02T09:00:00Z", action="updated", fields=EMAIL)
     assert ("direct_marketing", "consent") in tagged(tag)
 
 
 def test_withdrawal_at_unnamed004_erases_marketing_and_profiling_only() -> None:
     person = Subject("unnamed004")
-    person.send(
-        "consent", "2024-01-10T09:00:00Z", purpose="direct_marketing", action="grant", channel="web"
-    )
+    person.consent("2024-01-10T09:00:00Z", "grant", "web")
     person.send(
         "customer",
         "2024-01-10T09:01:00Z",
@@ -282,13 +269,7 @@ def test_withdrawal_at_unnamed004_erases_marketing_and_profiling_only() -> None:
         fields={"email": "a@b.se", "segment": "A1"},
     )
     person.send("click", "2024-01-10T09:02:00Z")
-    decisions = person.send(
-        "consent",
-        "2024-02-01T09:00:00Z",
-        purpose="direct_marketing",
-        action="withdraw",
-        channel="email",
-    )
+    decisions = person.consent("2024-02-01T09:00:00Z", "withdraw")
     assert [(d["target"], d["purposes"], d["categories"]) for d in decisions] == [
         ("registers", ["direct_marketing"], ["contact", "profile"]),
     ]
@@ -301,29 +282,14 @@ def test_withdrawal_at_unnamed004_erases_marketing_and_profiling_only() -> None:
 def test_withdrawal_for_a_purpose_not_on_consent_is_an_objection() -> None:
     person = Subject("inrego")
     person.send("customer", "2024-01-10T09:00:00Z", action="created", fields=EMAIL)
-    decisions = person.send(
-        "consent",
-        "2024-02-01T09:00:00Z",
-        purpose="direct_marketing",
-        action="withdraw",
-        channel="email",
-    )
+    decisions = person.consent("2024-02-01T09:00:00Z", "withdraw")
     assert {d["reason"] for d in decisions} == {"objection"}
     assert "inrego.direct_marketing.customers-and-contacts" not in person.holds
 
 
 def test_grant_alone_issues_nothing() -> None:
     person = Subject("rego")
-    assert (
-        person.send(
-            "consent",
-            "2024-01-10T09:00:00Z",
-            purpose="direct_marketing",
-            action="grant",
-            channel="web",
-        )
-        == []
-    )
+    assert person.consent("2024-01-10T09:00:00Z", "grant", "web") == []
 
 
 # -- objection -----------------------------------------------------------------------------
@@ -335,13 +301,7 @@ def test_objection_to_direct_marketing_erases_marketing_data_only() -> None:
     person.send("click", "2024-01-10T09:01:00Z")
     person.send("order", "2024-01-11T09:00:00Z", action="invoiced")
     before = set(person.holds)
-    decisions = person.send(
-        "consent",
-        "2024-02-01T09:00:00Z",
-        purpose="direct_marketing",
-        action="object",
-        channel="email",
-    )
+    decisions = person.consent("2024-02-01T09:00:00Z", "object")
     assert commands(decisions) == [
         ("business-systems", "erase", ["direct_marketing"], "objection"),
         ("it-service-providers", "erase", ["direct_marketing"], "objection"),
@@ -360,7 +320,7 @@ def test_objection_to_direct_marketing_erases_marketing_data_only() -> None:
 def test_objection_request_defaults_to_direct_marketing_and_is_recorded() -> None:
     person = Subject("rejoin")
     person.send("customer", "2024-01-10T09:00:00Z", action="created", fields=EMAIL)
-    decisions = person.send("privacy_request", "2024-02-01T09:00:00Z", right="objection")
+    decisions = person.request("2024-02-01T09:00:00Z", "objection")
     assert commands(decisions) == [
         ("customer-systems", "erase", ["direct_marketing"], "objection"),
     ]
@@ -374,13 +334,7 @@ def test_objection_to_direct_marketing_also_ends_iret_prospecting() -> None:
     # The IRET pack ends prospecting on an objection to direct marketing (seed 003).
     person = Subject("iret")
     person.send("customer", "2024-01-10T09:00:00Z", action="created", role="prospect", fields=EMAIL)
-    decisions = person.send(
-        "consent",
-        "2024-01-11T09:00:00Z",
-        purpose="direct_marketing",
-        action="object",
-        channel="email",
-    )
+    decisions = person.consent("2024-01-11T09:00:00Z", "object")
     assert commands(decisions) == [
         ("sales", "erase", ["prospecting"], "objection"),
         ("it", "erase", ["prospecting"], "objection"),
@@ -396,9 +350,7 @@ def test_objection_to_another_purpose_restricts_it() -> None:
     person = Subject("inrego")
     person.send("customer", "2024-01-10T09:00:00Z", action="created", fields=EMAIL)
     person.send("click", "2024-01-10T09:01:00Z")
-    decisions = person.send(
-        "privacy_request", "2024-02-01T09:00:00Z", right="objection", purposes=["analytics"]
-    )
+    decisions = person.request("2024-02-01T09:00:00Z", "objection", purposes=["analytics"])
     assert commands(decisions) == [
         ("web-analytics", "restrict", ["analytics"], "objection"),
         ("it-service-providers", "restrict", ["analytics"], "objection"),
@@ -412,11 +364,8 @@ def test_objection_to_marketing_and_another_purpose_restricts_the_other() -> Non
     person = Subject("inrego")
     person.send("customer", "2024-01-10T09:00:00Z", action="created", fields=EMAIL)
     person.send("click", "2024-01-11T09:00:00Z")
-    decisions = person.send(
-        "privacy_request",
-        "2024-01-12T09:00:00Z",
-        right="objection",
-        purposes=["direct_marketing", "analytics"],
+    decisions = person.request(
+        "2024-01-12T09:00:00Z", "objection", purposes=["direct_marketing", "analytics"]
     )
     by_purpose = {
         (p, d["action"]) for d in decisions if d["decision"] == "erasure" for p in d["purposes"]
@@ -434,7 +383,7 @@ def test_restriction_suppresses_but_bookkeeping_continues() -> None:
     person = Subject("rejoin")
     person.send("customer", "2024-01-10T09:00:00Z", action="created", fields=EMAIL)
     person.send("order", "2024-01-11T09:00:00Z", action="invoiced")
-    decisions = person.send("privacy_request", "2024-02-01T09:00:00Z", right="restriction")
+    decisions = person.request("2024-02-01T09:00:00Z", "restriction")
     assert commands(decisions) == [
         ("customer-systems", "restrict", ["contract", "direct_marketing"], "restriction_request"),
         ("subcontractors", "restrict", ["contract"], "restriction_request"),
@@ -469,12 +418,7 @@ def test_restriction_suppresses_but_bookkeeping_continues() -> None:
 def test_restriction_of_named_purposes_only() -> None:
     person = Subject("rejoin")
     person.send("customer", "2024-01-10T09:00:00Z", action="created", fields=EMAIL)
-    decisions = person.send(
-        "privacy_request",
-        "2024-02-01T09:00:00Z",
-        right="restriction",
-        purposes=["direct_marketing"],
-    )
+    decisions = person.request("2024-02-01T09:00:00Z", "restriction", purposes=["direct_marketing"])
     assert commands(decisions) == [
         ("customer-systems", "restrict", ["direct_marketing"], "restriction_request"),
     ]
@@ -491,7 +435,7 @@ def test_erasure_request_erases_all_but_legal_obligation_which_it_restricts() ->
     person.send("customer", "2024-03-01T10:00:00Z", action="created", fields=EMAIL)
     person.send("order", "2024-03-02T10:00:00Z", action="invoiced", amount=10, currency="SEK")
     person.send("click", "2024-03-02T11:00:00Z")
-    decisions = person.send("privacy_request", "2024-04-01T10:00:00Z", right="erasure")
+    decisions = person.request("2024-04-01T10:00:00Z", "erasure")
     assert commands(decisions) == [
         (
             "business-systems",
@@ -521,7 +465,7 @@ def test_erasure_request_erases_all_but_legal_obligation_which_it_restricts() ->
     assert format_instant(hold.due) == "2031-12-31T23:00:00Z"  # type: ignore[arg-type]
 
     # A second request finds nothing new to do.
-    assert person.send("privacy_request", "2024-04-02T10:00:00Z", right="erasure") == []
+    assert person.request("2024-04-02T10:00:00Z", "erasure") == []
 
     # The restricted accounting records go when the law no longer keeps them.
     assert person.tick("2031-12-31T22:59:59Z") == []
@@ -547,9 +491,7 @@ def test_erasure_request_for_named_purposes() -> None:
     person = Subject("inrego")
     person.send("customer", "2024-03-01T10:00:00Z", action="created", fields=EMAIL)
     person.send("click", "2024-03-02T11:00:00Z")
-    decisions = person.send(
-        "privacy_request", "2024-04-01T10:00:00Z", right="erasure", purposes=["analytics"]
-    )
+    decisions = person.request("2024-04-01T10:00:00Z", "erasure", purposes=["analytics"])
     assert commands(decisions) == [
         ("web-analytics", "erase", ["analytics"], "erasure_request"),
         ("it-service-providers", "erase", ["analytics"], "erasure_request"),
@@ -563,7 +505,7 @@ def test_erasure_request_for_named_purposes() -> None:
 def test_erasure_request_honours_on_erasure_request_restrict() -> None:
     person = Subject("rejoin")
     person.send("order", "2024-01-11T09:00:00Z", action="invoiced")
-    decisions = person.send("privacy_request", "2024-02-01T09:00:00Z", right="erasure")
+    decisions = person.request("2024-02-01T09:00:00Z", "erasure")
     assert commands(decisions) == [
         ("customer-systems", "erase", ["contract"], "erasure_request"),
         ("subcontractors", "erase", ["contract"], "erasure_request"),

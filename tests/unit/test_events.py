@@ -93,14 +93,17 @@ def error_of(obj: object) -> EventError:
 AT = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 
 
+def expected(etype: str, **parsed: Any) -> Event:
+    """The Event a VALID[etype] object parses to: the COMMON part (in UTC) and `parsed`."""
+    return Event(
+        event_id="e-1", type=etype, controller="inrego", subject_id="s-1", occurred_at=AT, **parsed
+    )
+
+
 def test_customer_parses() -> None:
     event = parse_event(VALID["customer"])
-    assert event == Event(
-        event_id="e-1",
-        type="customer",
-        controller="inrego",
-        subject_id="s-1",
-        occurred_at=AT,
+    assert event == expected(
+        "customer",
         action="created",
         role="contact_person",
         fields=frozenset({"name", "email", "personnummer"}),  # empty and null values dropped
@@ -122,12 +125,8 @@ def test_customer_fields_are_optional() -> None:
 
 def test_order_parses() -> None:
     event = parse_event(VALID["order"])
-    assert event == Event(
-        event_id="e-1",
-        type="order",
-        controller="inrego",
-        subject_id="s-1",
-        occurred_at=AT,
+    assert event == expected(
+        "order",
         action="invoiced",
         order_id="o-1",
         fields=frozenset({"order_id", "amount", "currency"}),
@@ -142,14 +141,7 @@ def test_order_amount_and_currency_are_optional() -> None:
 
 def test_click_parses() -> None:
     event = parse_event(VALID["click"])
-    assert event == Event(
-        event_id="e-1",
-        type="click",
-        controller="inrego",
-        subject_id="s-1",
-        occurred_at=AT,
-        fields=frozenset({"url", "ip", "user_agent", "anonymous_id"}),
-    )
+    assert event == expected("click", fields=frozenset({"url", "ip", "user_agent", "anonymous_id"}))
     assert parse_event(without("click", "anonymous_id")).fields == frozenset(
         {"url", "ip", "user_agent"}
     )
@@ -157,26 +149,15 @@ def test_click_parses() -> None:
 
 def test_consent_parses() -> None:
     event = parse_event(VALID["consent"])
-    assert event == Event(
-        event_id="e-1",
-        type="consent",
-        controller="inrego",
-        subject_id="s-1",
-        occurred_at=AT,
-        purpose="direct_marketing",
-        action="withdraw",
-        channel="email",
+    assert event == expected(
+        "consent", purpose="direct_marketing", action="withdraw", channel="email"
     )
 
 
 def test_privacy_request_parses() -> None:
     event = parse_event(VALID["privacy_request"])
-    assert event == Event(
-        event_id="e-1",
-        type="privacy_request",
-        controller="inrego",
-        subject_id="s-1",
-        occurred_at=AT,
+    assert event == expected(
+        "privacy_request",
         request_id="r-1",
         right="erasure",
         purposes=("direct_marketing", "analytics"),
