@@ -31,10 +31,11 @@ class Replay:
         self._timers: list[tuple[datetime, str]] = []
         self._timer_count = 0
 
-    def process_line(self, number: int, line: str) -> list[Decision]:
+    def process_line(self, number: int, line: str | bytes) -> list[Decision]:
         """One input line: its decisions, or a `reject` naming the problem."""
         try:
-            obj = json.loads(line)
+            # Decode ourselves: json.loads would guess UTF-16 from some byte patterns.
+            obj = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
         except ValueError as exc:
             msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
             return [_reject(number, None, f"not valid JSON: {msg}")]
@@ -114,7 +115,9 @@ class Replay:
         """Subjects with a retention timer set."""
         return self._timer_count
 
-    def run(self, lines: Iterable[str], until: datetime | None = None) -> Iterator[Decision]:
+    def run(
+        self, lines: Iterable[str | bytes], until: datetime | None = None
+    ) -> Iterator[Decision]:
         """All decisions for the lines, then those due by `until` (default: the last event)."""
         for number, line in enumerate(lines, start=1):
             if not line.strip():

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -60,9 +61,9 @@ def main() -> None:
 )
 @click.option(
     "--events",
-    type=click.File("r", encoding="utf-8"),
+    type=click.File("rb"),
     default="-",
-    help="Input events as JSON lines (default: stdin).",
+    help="Input events as JSON lines, UTF-8 (default: stdin).",
 )
 @click.option(
     "--until",
@@ -72,7 +73,9 @@ def main() -> None:
     "(default: the last event's time).",
 )
 @click.option("--summary/--no-summary", default=None, help="Counts on stderr (default: on a tty).")
-def evaluate(policies: Path, events: IO[str], until: datetime | None, summary: bool | None) -> None:
+def evaluate(
+    policies: Path, events: IO[bytes], until: datetime | None, summary: bool | None
+) -> None:
     """Run events through the policy packs offline, with a simulated clock.
 
     Reads canonical JSON events, one per line, in file order, and writes one decision per
@@ -93,7 +96,7 @@ def evaluate(policies: Path, events: IO[str], until: datetime | None, summary: b
     write = out.write
     lines = 0
 
-    def numbered() -> object:
+    def numbered() -> Iterator[bytes]:
         nonlocal lines
         for line in events:
             lines += 1
@@ -101,7 +104,7 @@ def evaluate(policies: Path, events: IO[str], until: datetime | None, summary: b
                 click.echo(f"evaluate: {lines:,} lines", err=True)
             yield line
 
-    for decision in replay.run(numbered(), until):  # type: ignore[arg-type]
+    for decision in replay.run(numbered(), until):
         counts[decision["decision"]] += 1
         write(encode_decision(decision))
         write("\n")

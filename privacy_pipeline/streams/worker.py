@@ -37,6 +37,7 @@ from typing import Any
 
 import faust
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from ..processors.enforcer import PolicyEnforcer
 from ..processors.policy import load_packs
@@ -72,6 +73,7 @@ def _patch_faust_fetch_wait() -> None:
 
 
 FENCE_KEY = b"__fence__"
+_scratch = tempfile.TemporaryDirectory(prefix="privacy-pipeline-")
 STATE_TABLE = "subject-state"
 
 
@@ -177,10 +179,19 @@ def changelog_spec(config: WorkerConfig) -> TopicSpec:
 
 
 def prepare(config: WorkerConfig) -> None:
-    """Create every topic, then fence each changelog partition (exact recovery on Tansu)."""
-    ensure_topics(
-        config.bootstrap, [*topic_specs(config.prefix, config.partitions), changelog_spec(config)]
-    )
+    """Create every topic, then fence each changelog partition (exact recovery on Tansu).
+
+    Input and output topics that already exist are used as they are (a producer may have
+    created them first); the subject log and the changelog must have `partitions`.
+    """
+    admin = AdminClient({"bootstrap.servers": config.bootstrap})
+    existing = set(admin.list_topics(timeout=30).topics)
+    specs = [
+        spec
+        for spec in [*topic_specs(config.prefix, config.partitions), changelog_spec(config)]
+        if spec.internal or spec.contract_name == "subject-log" or spec.name not in existing
+    ]
+    ensure_topics(config.bootstrap, specs)
     producer = Producer({"bootstrap.servers": config.bootstrap, "linger.ms": 0})
     for partition in range(config.partitions):
         producer.produce(config.changelog_topic, b"", key=FENCE_KEY, partition=partition)
@@ -192,7 +203,8 @@ def build_app(
 ) -> tuple[faust.App, SubjectStateTable, EnforceCore]:
     """The faust app with its subject-log agent and state table."""
     _patch_faust_fetch_wait()
-    datadir = config.datadir or Path(tempfile.mkdtemp(prefix="privacy-pipeline-"))
+    # faust wants a data folder even with in-memory tables; a temporary one goes with us.
+    datadir = config.datadir or Path(_scratch.name)
     app = faust.App(
         config.full_app_id,
         broker=f"kafka://{config.bootstrap}",

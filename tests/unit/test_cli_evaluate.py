@@ -377,3 +377,22 @@ def test_the_installed_entry_point_runs() -> None:
     )
     assert result.returncode == 0
     assert "Usage: privacy-pipeline evaluate" in result.stdout
+
+
+def test_a_line_that_is_not_utf8_is_rejected_and_the_run_goes_on(tmp_path: Path) -> None:
+    good = (
+        '{"event_id":"e1","type":"click","controller":"inrego","subject_id":"s1",'
+        '"occurred_at":"2024-01-10T10:00:00+01:00","url":"u","ip":"i","user_agent":"a"}'
+    )
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\xff\xfe not text\n" + good.encode() + b"\n")
+    result = CliRunner().invoke(main, ["evaluate", "--events", str(events)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0] == {
+        "decision": "reject",
+        "line": 1,
+        "event_id": None,
+        "error": "not valid JSON: not UTF-8 text",
+    }
+    assert lines[1]["decision"] == "tag" and lines[1]["event_id"] == "e1"
