@@ -28,6 +28,8 @@ from .serde import AvroSerde, RecordError, avro_to_event
 log = logging.getLogger(__name__)
 
 CLOCK_KEY = "__clock__"
+CHANGELOG_RECORD_BYTES = 256 * 1024
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 OFFSET_KEY = "__offset__"
 OPTOUT_ACTIONS = frozenset({"withdraw", "object"})
 
@@ -111,15 +113,33 @@ class EnforceCore:
     def process_batch(
         self, partition: int, value: bytes, offset: int | None = None
     ) -> bytes | None:
-        """Run one micro-batch; send its decisions; return the changelog record, if any."""
+        """Run one micro-batch; send its decisions; return its changelog as one record."""
+        chunks = self.process(partition, value, offset)
+        if not chunks:
+            return None
+        if len(chunks) == 1:
+            return chunks[0]
+        merged: dict[str, Any] = {}
+        for chunk in chunks:
+            merged.update(json.loads(chunk))
+        return json.dumps(merged, separators=(",", ":")).encode()
+
+    def process(self, partition: int, value: bytes, offset: int | None = None) -> list[bytes]:
+        """Run one micro-batch; send its decisions; return its changelog records.
+
+        A big batch's state changes are split over several records, each under
+        CHANGELOG_RECORD_BYTES (Kafka refuses records over its request size, 1 MB by
+        default); the clock and applied offset ride on the last one, so a batch whose
+        records were only partly written is redone (its events are then deduplicated).
+        """
         if offset is not None and offset <= self.applied.get(partition, -1):
             self.skipped += 1
-            return None
+            return []
         try:
             _, batch = self.serde.decode(value, "SubjectBatch")
         except RecordError as exc:
             log.error("undecodable subject-log record on partition %d: %s", partition, exc.reason)
-            return None
+            return []
         timers = self._index(partition)
         dirty: set[str] = set()
         decisions: list[tuple[Decision, dict[str, Any] | None, str | None]] = []
@@ -255,16 +275,27 @@ class EnforceCore:
         self.metrics.observe_batch_size(items)
         self.metrics.set_retention_timers(None, self.timer_count())
 
-    def _changelog(self, partition: int, dirty: set[str]) -> bytes | None:
+    def _changelog(self, partition: int, dirty: set[str]) -> list[bytes]:
         if not dirty and partition not in self.clocks and partition not in self.applied:
-            return None
-        changes: dict[str, Any] = {k: self.states[k].to_dict() for k in sorted(dirty)}
+            return []
+        encode = _COMPACT.encode
+        parts = [f"{encode(k)}:{encode(self.states[k].to_dict())}" for k in sorted(dirty)]
         clock = self.clocks.get(partition)
         if clock is not None:
-            changes[CLOCK_KEY] = format_instant(clock)
+            parts.append(f"{encode(CLOCK_KEY)}:{encode(format_instant(clock))}")
         if partition in self.applied:
-            changes[OFFSET_KEY] = self.applied[partition]
-        return json.dumps(changes, separators=(",", ":")).encode()
+            parts.append(f"{encode(OFFSET_KEY)}:{self.applied[partition]}")
+        records: list[bytes] = []
+        current: list[str] = []
+        size = 0
+        for part in parts:
+            if current and size + len(part) > CHANGELOG_RECORD_BYTES:
+                records.append(("{" + ",".join(current) + "}").encode())
+                current, size = [], 0
+            current.append(part)
+            size += len(part) + 1
+        records.append(("{" + ",".join(current) + "}").encode())
+        return records
 
 
 def format_instant_now(seconds: float) -> str:

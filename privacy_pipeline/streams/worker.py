@@ -272,14 +272,12 @@ def build_app(
             message = event.message
             # One thread, awaited per batch: order is kept, and the loop stays free for
             # heartbeats and commits while the batch runs and its outputs are flushed.
-            changes = await loop.run_in_executor(
-                executor, core.process_batch, message.partition, event.value, message.offset
+            records = await loop.run_in_executor(
+                executor, core.process, message.partition, event.value, message.offset
             )
-            if changes is not None:
-                key = f"{message.partition}:{message.offset}".encode()
-                await table.changelog_topic.send(
-                    key=key, value=changes, partition=message.partition
-                )
+            for i, record in enumerate(records):
+                key = f"{message.partition}:{message.offset}:{i}".encode()
+                await table.changelog_topic.send(key=key, value=record, partition=message.partition)
 
     return app, table, core
 

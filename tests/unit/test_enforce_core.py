@@ -792,3 +792,32 @@ def test_metrics_count_decisions_dead_letters_and_optout_latency() -> None:
     assert sample("optout_latency_seconds_sum") == pytest.approx(2.5)
     assert sample("processing_seconds_count") == 2.0
     assert sample("batch_size_count") == 1.0
+
+
+def test_a_big_batch_is_split_over_changelog_records_that_restore_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Kafka refuses records over its request size (1 MB by default): a batch that changes
+    # many subjects must write several changelog records, the clock and offset on the last.
+    import privacy_pipeline.streams.enforce as enforce_module
+
+    monkeypatch.setattr(enforce_module, "CHANGELOG_RECORD_BYTES", 2_000)
+    subjects = [f"s{i}" for i in range(40)]
+    visits = [click("inrego", s, "2024-01-10T10:00:00+01:00") for s in subjects]
+    core, _ = new_core()
+    records = core.process(0, events_batch(visits), 7)
+    assert len(records) > 1
+    assert all(len(r) <= 2_000 + 1_000 for r in records)
+    decoded = [json.loads(r) for r in records]
+    assert all(OFFSET_KEY not in d for d in decoded[:-1])
+    assert decoded[-1][OFFSET_KEY] == 7
+    assert sorted(k for d in decoded for k in d if not k.startswith("__")) == sorted(
+        f"inrego:{s}" for s in subjects
+    )
+    fresh, _ = new_core()
+    for d in decoded:
+        fresh.restore(0, d)
+    assert {k: v.to_dict() for k, v in fresh.states.items()} == {
+        k: v.to_dict() for k, v in core.states.items()
+    }
+    assert fresh.applied == {0: 7}
