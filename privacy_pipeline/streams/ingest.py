@@ -104,7 +104,11 @@ class Ingest:
             {
                 "bootstrap.servers": bootstrap,
                 "partitioner": "murmur2_random",
-                "linger.ms": 5,
+                # One micro-batch per Kafka record batch. With several records in one
+                # batch, faust's consumer (aiokafka) on the embedded broker was seen to
+                # skip all but the first of them; a micro-batch is big enough alone.
+                "linger.ms": 0,
+                "batch.num.messages": 1,
                 "message.max.bytes": 8_000_000,
             }
         )
