@@ -75,6 +75,7 @@ TARGET_OPTOUT_P99_MS = 100.0
 TARGET_RESTART_S = 30.0
 PORTS = range(19800, 19900)
 PARTITIONS = 4
+SEND_EVERY_MS = 5  # latency traffic: produce (and linger) in 5 ms steps, as a busy producer
 TICK_INTERVAL = 1.0
 CLI = [str(Path(sys.executable).with_name("privacy-pipeline"))]
 TOPIC_OF = {
@@ -141,6 +142,17 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def rss_mb(pid: int | None) -> float:
+    """Resident memory of one process in MB (0 if gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -417,6 +429,40 @@ def first_ingest_ms(bootstrap: str, serde: AvroSerde, subject_log: str) -> int |
     return min(found.values()) if found else None
 
 
+def skipped_records(bootstrap: str, serde: AvroSerde, prefix: str) -> dict[str, int] | None:
+    """Subject-log records the enforce agent never ran: below the last record it wrote a
+    changelog record for (keys `partition:offset[:chunk]`), with no changelog record of
+    their own. Returns {"records", "events"}, or None if the keys cannot be read."""
+    done: set[tuple[int, int]] = set()
+
+    def keys(msgs: list[Any]) -> bool:
+        for m in msgs:
+            parts = (m.key() or b"").decode(errors="replace").split(":")
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                done.add((int(parts[0]), int(parts[1])))
+        return False
+
+    read_topics(bootstrap, [f"{prefix}privacy-pipeline-subject-state-changelog"], keys)
+    if not done:
+        return None
+    last = {p: max(o for q, o in done if q == p) for p, _ in done}
+    events: dict[tuple[int, int], int] = {}
+
+    def batches(msgs: list[Any]) -> bool:
+        for m in msgs:
+            if m.offset() < last.get(m.partition(), -1) and (m.partition(), m.offset()) not in done:
+                _, batch = serde.decode(m.value(), "SubjectBatch")
+                events[(m.partition(), m.offset())] = sum(1 for i in batch["items"] if i["key"])
+        return False
+
+    read_topics(bootstrap, [prefix + "subject-log"], batches)
+    if events:
+        progress(
+            f"  subject-log records never run by the agent (partition, offset): {sorted(events)}"
+        )
+    return {"records": len(events), "events": sum(events.values())}
+
+
 def changelog_subjects(bootstrap: str, topic: str, want: int, timeout: float) -> int:
     """Distinct subject keys in the state changelog, read until `want` or `timeout`."""
     deadline = time.monotonic() + timeout
@@ -537,11 +583,19 @@ def outcomes(m: dict[str, float]) -> float:
 
 
 def wait_outcomes(
-    worker: Worker, target: float, stall: float = 90.0, poll: float = 0.1, label: str = ""
-) -> tuple[float, dict[str, float], float | None]:
+    worker: Worker,
+    target: float,
+    stall: float = 90.0,
+    poll: float = 0.1,
+    label: str = "",
+    give_up: bool = False,
+) -> tuple[float, dict[str, float], float | None, bool]:
     """Poll metrics until outcomes reach `target`; return (time reached, last scrape,
-    time the first outcome was seen)."""
+    time the first outcome was seen, True). With `give_up`, no progress for `stall`
+    seconds returns (time of the last progress, last scrape, first, False) instead of
+    raising."""
     last_change = time.monotonic()
+    last_change_wall = time.time()
     last_value = -1.0
     last_print = 0.0
     first: float | None = None
@@ -555,10 +609,13 @@ def wait_outcomes(
         if value > 0 and first is None:
             first = time.time()
         if value >= target:
-            return time.time(), m, first
+            return time.time(), m, first, True
         if value != last_value:
-            last_value, last_change = value, now
+            last_value, last_change, last_change_wall = value, now, time.time()
         elif now - last_change > stall:
+            if give_up:
+                progress(f"  {label}: GAVE UP, stuck at {value:.0f} of {target:.0f} for {stall} s")
+                return last_change_wall, m, first, False
             raise RuntimeError(
                 f"{label}: stuck at {value:.0f} of {target:.0f} outcomes for {stall} s:\n"
                 f"{worker.log_tail()}"
@@ -579,7 +636,10 @@ def run_pipeline(
     progress(f"  worker ready {ready_s:.1f} s after start")
     ready_at = time.time()
     cpu0 = worker.cpu()
-    t_end, m, first_seen = wait_outcomes(worker, n, label="pipeline")
+    t_end, m, first_seen, complete = wait_outcomes(
+        worker, n, stall=30.0, label="pipeline", give_up=True
+    )
+    done = outcomes(m)
     cpu1 = worker.cpu()
     first_ms = first_ingest_ms(bootstrap, serde, prefix + "subject-log")
     t_start = first_ms / 1000.0 if first_ms is not None else ready_at
@@ -590,13 +650,16 @@ def run_pipeline(
     changelog = read_topics(
         bootstrap, [f"{prefix}privacy-pipeline-subject-state-changelog"], idle=3.0
     )
+    skipped = skipped_records(bootstrap, serde, prefix)
     crashes = worker.log_text().count("Crashed reason=")
     tagged = sum(counts[prefix + t] for t in COUNTED_OUTPUTS[:3])
     want_tagged = valid["customer"] + valid["order"] + valid["click"]
     return {
-        "eps": n / secs,
+        "eps": done / secs,
         "seconds": secs,
-        "eps_from_ready": n / max(1e-9, t_end - max(ready_at, t_start)),
+        "complete": complete,
+        "outcomes": done,
+        "eps_from_ready": done / max(1e-9, t_end - max(ready_at, t_start)),
         "startup_s": ready_s,
         "head_start_s": (ready_at - t_start) if ready_at > t_start else 0.0,
         "first_output_after_start_s": (first_seen - t_start) if first_seen else None,
@@ -606,8 +669,8 @@ def run_pipeline(
         "batches": m.get("privacy_pipeline_batch_size_count", 0.0),
         "batch_items_mean": m.get("privacy_pipeline_batch_size_sum", 0.0)
         / max(1.0, m.get("privacy_pipeline_batch_size_count", 0.0)),
-        "cpu_worker_us_per_event": (cpu1["worker"] - cpu0["worker"]) / n * 1e6,
-        "cpu_ingest_us_per_event": (cpu1["ingest"] - cpu0["ingest"]) / n * 1e6,
+        "cpu_worker_us_per_event": (cpu1["worker"] - cpu0["worker"]) / max(done, 1.0) * 1e6,
+        "cpu_ingest_us_per_event": (cpu1["ingest"] - cpu0["ingest"]) / max(done, 1.0) * 1e6,
         "outputs": {t: counts[prefix + t] for t in COUNTED_OUTPUTS},
         "tagged": tagged,
         "tagged_expected": want_tagged,
@@ -615,6 +678,7 @@ def run_pipeline(
         "changelog_records": sum(changelog.values()) - PARTITIONS,
         "changelog_batches": batches,
         "agent_crashes": crashes,
+        "skipped": skipped,
     }
 
 
@@ -640,7 +704,7 @@ def run_latency(
         or (e["type"] == "privacy_request" and e["right"] == "objection")
     )
     records, _ = encode_events(serde, events)
-    p = producer(bootstrap, linger_ms=1)
+    p = producer(bootstrap, linger_ms=SEND_EVERY_MS)
     before = worker.metrics()
     base = outcomes(before)
     progress(f"  producing {n} events at {rate:.0f}/s for {seconds:.0f} s ({optouts} opt-outs)")
@@ -653,11 +717,13 @@ def run_latency(
             p.produce(prefix + topic, value, key=key)
             sent += 1
         p.poll(0)
-        time.sleep(0.002)
+        time.sleep(SEND_EVERY_MS / 1000)
     p.flush(30)
     produce_s = time.perf_counter() - t0
     sent_at = time.time()
-    done_at, after, _ = wait_outcomes(worker, base + n, stall=60, label="latency")
+    done_at, after, _, complete = wait_outcomes(
+        worker, base + n, stall=20.0, label="latency", give_up=True
+    )
     name = "privacy_pipeline_optout_latency_seconds"
     opt = histogram_delta(before, after, name)
     proc = histogram_delta(before, after, "privacy_pipeline_processing_seconds")
@@ -671,9 +737,13 @@ def run_latency(
         "events": n,
         "produce_s": produce_s,
         "drain_s": done_at - sent_at,
+        "complete": complete,
+        "outcomes": outcomes(after) - base,
         # p99 beyond the largest finite bucket: the figure is that bound, a lower limit
         "capped": beyond(opt, 0.99),
+        "p50_capped": beyond(opt, 0.5),
         "all_capped": beyond(proc, 0.99),
+        "all_p50_capped": beyond(proc, 0.5),
         "optouts_produced": optouts,
         "optouts_observed": opt[-1][1] if opt else 0.0,
         "p50_ms": ms(opt, 0.5),
@@ -696,10 +766,13 @@ def run_restart(
     try:
         first.wait_log(READY_RE, timeout=120)
         t0 = time.perf_counter()
-        wait_outcomes(first, subjects, label="restart state")
+        _, m, _, complete = wait_outcomes(
+            first, subjects, stall=30.0, label="restart state", give_up=True
+        )
         build_s = time.perf_counter() - t0
+        built = int(outcomes(m))
         changelog = f"{prefix}privacy-pipeline-subject-state-changelog"
-        in_log = changelog_subjects(bootstrap, changelog, subjects, timeout=60)
+        in_log = changelog_subjects(bootstrap, changelog, built, timeout=60)
         progress(f"  {in_log} subjects in the changelog; SIGKILL worker pid {first.pid}")
         killed = first.kill9()
     except BaseException:
@@ -715,6 +788,7 @@ def run_restart(
     return {
         "subjects": subjects,
         "build_s": build_s,
+        "built": built,
         "changelog_subjects": in_log,
         "recovered_s": recovered_s,
         "ready_s": ready_s,
@@ -797,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline["broker_cpu_us_per_event"] = (
             (cpu_seconds(broker.pid) - broker_cpu0) / n_events * 1e6
         )
-        progress(f"  {baseline['eps']:,.0f} events/s")
+        progress(f"  {baseline['eps']:,.0f} events/s; broker RSS {rss_mb(broker.pid):,.0f} MB")
 
         progress("pipeline: privacy-pipeline run on the same input")
         worker = Worker(bootstrap, pipe_prefix, metric_ports[0], logdir)
@@ -806,19 +880,29 @@ def main(argv: list[str] | None = None) -> int:
         pipeline["broker_cpu_us_per_event"] = (
             (cpu_seconds(broker.pid) - broker_cpu0) / n_events * 1e6
         )
-        progress(f"  {pipeline['eps']:,.0f} events/s")
+        progress(
+            f"  {pipeline['eps']:,.0f} events/s ({pipeline['outcomes']:,.0f} outcomes, "
+            f"{pipeline['agent_crashes']} agent crashes); broker RSS {rss_mb(broker.pid):,.0f} MB"
+        )
 
         progress("opt-out latency at half the pipeline's capacity")
         latency = run_latency(
             bootstrap, pipe_prefix, worker, pipeline["eps"] / 2, lat_s, args.seed + 1, serde
         )
-        progress(f"  p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms")
+        progress(
+            f"  p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms; "
+            f"broker RSS {rss_mb(broker.pid):,.0f} MB"
+        )
         worker.stop()
         worker = None
 
         progress(f"restart: state of {n_restart} subjects, SIGKILL, restart")
         restart = run_restart(bootstrap, restart_prefix, n_restart, serde, metric_ports[1:], logdir)
-        progress(f"  ready {restart['ready_s']:.1f} s after start")
+        progress(
+            f"  ready {restart['ready_s']:.1f} s after start; broker RSS "
+            f"{rss_mb(broker.pid):,.0f} MB"
+        )
+        broker_rss = rss_mb(broker.pid)
     finally:
         if worker is not None:
             worker.stop()
@@ -826,8 +910,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = pipeline["eps"] / baseline["eps"]
     p99 = latency["p99_ms"]
-    ok_ratio = ratio >= TARGET_RATIO
-    ok_latency = p99 is not None and p99 <= TARGET_OPTOUT_P99_MS
+    ok_ratio = ratio >= TARGET_RATIO and pipeline["complete"]
+    ok_latency = p99 is not None and p99 <= TARGET_OPTOUT_P99_MS and latency["complete"]
     ok_restart = (
         restart["ready_s"] <= TARGET_RESTART_S and restart["recovered_subjects"] == n_restart
     )
@@ -836,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline["changelog_records"] >= pipeline["changelog_batches"]
         and not pipeline["agent_crashes"]
     )
+    skipped = pipeline["skipped"]
+    ok_skipped = skipped is not None and skipped["events"] == 0
 
     def f(v: float | None, fmt: str = "{:,.0f}") -> str:
         return "n/a" if v is None else fmt.format(v)
@@ -856,7 +942,9 @@ def main(argv: list[str] | None = None) -> int:
         (
             "pipeline end to end",
             f"{pipeline['eps']:,.0f} events/s in {pipeline['seconds']:.1f} s",
-            "",
+            ""
+            if pipeline["complete"]
+            else f"INCOMPLETE: {pipeline['outcomes']:,.0f} of {n_events:,} outcomes, then stuck",
         ),
         (
             "  ratio pipeline/baseline",
@@ -901,6 +989,13 @@ def main(argv: list[str] | None = None) -> int:
             f"micro-batches (ticks included); enforce agent crashes: {pipeline['agent_crashes']}",
             verdict(ok_changelog),
         ),
+        (
+            "  subject-log records skipped",
+            "n/a (changelog keys not partition:offset)"
+            if skipped is None
+            else f"{skipped['records']} records, {skipped['events']:,} events never run by enforce",
+            verdict(ok_skipped),
+        ),
         ("  output topics", ", ".join(f"{k} {v:,}" for k, v in pipeline["outputs"].items()), ""),
         (
             "opt-out latency",
@@ -910,26 +1005,30 @@ def main(argv: list[str] | None = None) -> int:
         ),
         (
             "  p50 / p99",
-            f"{f(latency['p50_ms'], '{:.1f}')} / {'>= ' if latency['capped'] else ''}"
+            f"{'>= ' if latency['p50_capped'] else ''}{f(latency['p50_ms'], '{:.1f}')} / "
+            f"{'>= ' if latency['capped'] else ''}"
             f"{f(latency['p99_ms'], '{:.1f}')} ms",
             f"p99 target <= {TARGET_OPTOUT_P99_MS:.0f} ms: {verdict(ok_latency)}",
         ),
         (
             "  backlog",
             f"all done {latency['drain_s']:.1f} s after the last send "
-            f"({'kept up' if latency['drain_s'] < 1.0 else 'fell behind'})",
+            f"({'kept up' if latency['drain_s'] < 1.0 else 'fell behind'})"
+            if latency["complete"]
+            else f"INCOMPLETE: {latency['outcomes']:,.0f} of {latency['events']:,} outcomes",
             "",
         ),
         (
             "  all events p50 / p99",
-            f"{f(latency['all_p50_ms'], '{:.1f}')} / {'>= ' if latency['all_capped'] else ''}"
+            f"{'>= ' if latency['all_p50_capped'] else ''}{f(latency['all_p50_ms'], '{:.1f}')} / "
+            f"{'>= ' if latency['all_capped'] else ''}"
             f"{f(latency['all_p99_ms'], '{:.1f}')} ms",
             "",
         ),
         (
             "restart",
-            f"{n_restart:,} subjects (state built in {restart['build_s']:.1f} s, "
-            f"{restart['changelog_subjects']:,} in changelog)",
+            f"{n_restart:,} subjects (state of {restart['built']:,} built in "
+            f"{restart['build_s']:.1f} s, {restart['changelog_subjects']:,} in changelog)",
             "",
         ),
         (
@@ -961,10 +1060,13 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": round(ratio, 3),
         "optout_p50_ms": None if latency["p50_ms"] is None else round(latency["p50_ms"], 1),
         "optout_p99_ms": None if p99 is None else round(p99, 1),
+        "optout_p99_lower_limit": latency["capped"],
         "restart_ready_s": round(restart["ready_s"], 2),
         "restart_recovery_s": round(restart["recovered_s"], 2),
         "restart_subjects": restart["recovered_subjects"],
         "events": n_events,
+        "pipeline_complete": pipeline["complete"],
+        "latency_complete": latency["complete"],
         "subjects": n_subjects,
         "dead_letters": int(pipeline["dead_letters"]),
         "tagged": pipeline["tagged"],
@@ -972,6 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
         "micro_batches": int(pipeline["batches"]),
         "changelog_records": pipeline["changelog_records"],
         "agent_crashes": pipeline["agent_crashes"],
+        "skipped_events": None if skipped is None else skipped["events"],
         "pipeline_eps_from_ready": round(pipeline["eps_from_ready"]),
         "worker_startup_s": round(pipeline["startup_s"], 2),
         "enforce_cpu_us_per_event": round(pipeline["cpu_worker_us_per_event"], 1),
@@ -983,9 +1086,12 @@ def main(argv: list[str] | None = None) -> int:
         if latency["all_p99_ms"] is None
         else round(latency["all_p99_ms"], 1),
         "load_average": round(load, 2),
+        "broker_rss_mb": round(broker_rss),
         "quick": quick,
     }
-    missed = not (ok_ratio and ok_latency and ok_restart and ok_exact and ok_changelog)
+    missed = not (
+        ok_ratio and ok_latency and ok_restart and ok_exact and ok_changelog and ok_skipped
+    )
     print(json.dumps(summary))
     return 1 if missed and args.check else 0
 

@@ -146,6 +146,7 @@ class SubjectStateTable(faust.Table):  # type: ignore[misc]
     core: EnforceCore | None = None
     ready_at: float | None = None
     restored_records = 0
+    on_ready: Any = None  # called once, when the first recovery completes
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
         core = self.core
@@ -158,7 +159,10 @@ class SubjectStateTable(faust.Table):  # type: ignore[misc]
 
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
+        first = self.ready_at is None
         self.ready_at = time.time()
+        if first and self.on_ready is not None:
+            self.on_ready()
         subjects = len(self.core.states) if self.core else 0
         log.info(
             "recovery complete: %d changelog records, %d subjects", self.restored_records, subjects
@@ -365,6 +369,8 @@ class IngestProcess:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.process.pid is None:  # never started
+            return
         self.process.join(15)
         if self.process.is_alive():
             self.process.terminate()
@@ -376,10 +382,13 @@ def run_worker(
 ) -> int:
     """Prepare topics, start ingest, run the faust worker until stopped; return exit code."""
     prepare(config)
-    app, _, core = build_app(config, metrics)
+    app, table, core = build_app(config, metrics)
     ingest = IngestProcess(config, metrics) if config.ingest else None
     if ingest is not None:
-        ingest.start()
+        # Ingest starts once the worker has its partitions and state: subject-log records
+        # written while faust was still joining were seen to be skipped on the embedded
+        # broker (the first micro-batches after a cold start).
+        table.on_ready = ingest.start
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     if not sys.stdout.isatty():
         worker.spinner = None  # no cursor-control codes in logs and pipes
