@@ -289,7 +289,9 @@ def build_app(
 # -- ingest in its own process, its metrics forwarded to the worker's registry ----------
 
 
-def _ingest_main(config: WorkerConfig, controllers: list[str], out: Any, stop: Any) -> None:
+def _ingest_main(
+    config: WorkerConfig, controllers: list[str], out: Any, stop: Any, parent: int
+) -> None:
     from .ingest import Ingest  # a fresh process: import here
 
     # A terminal's Ctrl-C reaches the whole group; the worker stops us in order instead.
@@ -314,7 +316,6 @@ def _ingest_main(config: WorkerConfig, controllers: list[str], out: Any, stop: A
         on_event=event,
     )
     last = time.monotonic()
-    parent = os.getppid()
     try:
         # Stop with the worker, also when it was killed outright (kill -9).
         while not stop.is_set() and os.getppid() == parent:
@@ -339,7 +340,9 @@ class IngestProcess:
         controllers = sorted(load_packs(config.policies))
         self.process = ctx.Process(
             target=_ingest_main,
-            args=(config, controllers, self._queue, self._stop),
+            # The parent's pid is passed, not read in the child: if the worker dies while
+            # the child is still starting, getppid() there would already be init's.
+            args=(config, controllers, self._queue, self._stop, os.getpid()),
             name="privacy-pipeline-ingest",
             daemon=True,
         )
