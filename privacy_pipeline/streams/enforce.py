@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, MutableMapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from ..processors.enforcer import Decision, PolicyEnforcer
@@ -22,7 +22,14 @@ from ..processors.events import EventError, parse_event
 from ..processors.instants import InstantError, format_instant, parse_instant
 from ..processors.state import SubjectState
 from .metrics import PipelineMetrics
-from .records import TAGGED_TOPIC, audit_record, erasure_command, subject_partition, tagged_record
+from .records import (
+    TAGGED_TOPIC,
+    audit_record,
+    erasure_command,
+    subject_partition,
+    tagged_record,
+    wall_instant,
+)
 from .serde import AvroSerde, RecordError, avro_to_event
 
 log = logging.getLogger(__name__)
@@ -227,7 +234,7 @@ class EnforceCore:
         send = self.outputs.send
         encode = self.serde.encode
         prefix = self.prefix
-        at = format_instant_now(self.wall_clock())
+        at = wall_instant(self.wall_clock())
         for decision, record, event_type in decisions:
             kind = decision["decision"]
             key = f"{decision['controller']}:{decision['subject_id']}".encode()
@@ -253,7 +260,7 @@ class EnforceCore:
             "source_topic": item["source_topic"],
             "source_partition": item["source_partition"],
             "source_offset": item["source_offset"],
-            "at": format_instant_now(self.wall_clock()),
+            "at": wall_instant(self.wall_clock()),
             "key": item["key"].encode(),
         }
         value = self.serde.encode("DeadLetter", record)
@@ -296,8 +303,3 @@ class EnforceCore:
             size += len(part) + 1
         records.append(("{" + ",".join(current) + "}").encode())
         return records
-
-
-def format_instant_now(seconds: float) -> str:
-    """The wall-clock instant for record headers (never used for decisions)."""
-    return format_instant(datetime.fromtimestamp(seconds, tz=UTC))

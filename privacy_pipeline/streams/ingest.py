@@ -17,14 +17,12 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from ..processors.events import EventError, parse_event
-from ..processors.instants import format_instant
-from .records import subject_partition
+from .records import subject_partition, wall_instant
 from .serde import EVENT_SCHEMAS, AvroSerde, RecordError, avro_to_event
 from .topics import INPUT_TOPICS
 
@@ -185,7 +183,7 @@ class Ingest:
             self._failed.append(err.str())
 
     def _tick(self, now: float, items: dict[int, list[dict[str, Any]]]) -> None:
-        at = format_instant(datetime.fromtimestamp(now, tz=UTC))
+        at = wall_instant(now)
         for partition in range(self.partitions):
             items.setdefault(partition, []).append(
                 {
@@ -245,7 +243,7 @@ class Ingest:
             "source_topic": topic,
             "source_partition": msg.partition() or 0,
             "source_offset": msg.offset() or 0,
-            "at": format_instant(datetime.fromtimestamp(self.wall_clock(), tz=UTC)),
+            "at": wall_instant(self.wall_clock()),
             "key": msg.key(),
         }
         self.producer.produce(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
 
 from aiokafka.partitioner import murmur2
+
+from ..processors.instants import format_instant
 
 TAGGED_TOPIC = {"customer": "tagged-customers", "order": "tagged-orders", "click": "tagged-clicks"}
 
@@ -61,3 +64,11 @@ def audit_record(decision: dict[str, Any], at: str) -> dict[str, Any]:
         "at": at,
         "payload_json": json.dumps(decision, ensure_ascii=False, separators=(",", ":")),
     }
+
+
+def wall_instant(seconds: float) -> str:
+    """A wall-clock instant for record headers (`at` of audit records and dead letters).
+
+    Never used for decisions: those run on the log's own clock.
+    """
+    return format_instant(datetime.fromtimestamp(seconds, tz=UTC))
