@@ -73,6 +73,7 @@ def _patch_faust_fetch_wait() -> None:
 
 
 FENCE_KEY = b"__fence__"
+INGEST_GRACE_S = 3.0
 _scratch = tempfile.TemporaryDirectory(prefix="privacy-pipeline-")
 STATE_TABLE = "subject-state"
 
@@ -391,7 +392,9 @@ def run_worker(
         # Ingest starts once the worker has its partitions and state: subject-log records
         # written while faust was still joining were seen to be skipped on the embedded
         # broker (the first micro-batches after a cold start).
-        table.on_ready = ingest.start
+        # A grace period after recovery, too: records written just as faust resumed its
+        # fetchers were still seen to go missing now and then.
+        table.on_ready = lambda: threading.Timer(INGEST_GRACE_S, ingest.start).start()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     if not sys.stdout.isatty():
         worker.spinner = None  # no cursor-control codes in logs and pipes
