@@ -66,6 +66,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from privacy_pipeline.processors.events import EventError, parse_event
 from privacy_pipeline.streams.broker import EmbeddedBroker
+from privacy_pipeline.streams.enforce import decode_changelog
 from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
 from privacy_pipeline.streams.topics import TopicSpec, ensure_topics, topic_specs
 from privacy_pipeline.synthetic import CONTROLLERS, TrafficModel
@@ -473,7 +474,7 @@ def changelog_subjects(bootstrap: str, topic: str, want: int, timeout: float) ->
         def look(msgs: list[Any]) -> bool:
             for m in msgs:
                 if m.value():
-                    seen.update(k for k in json.loads(m.value()) if not k.startswith("__"))
+                    seen.update(k for k in decode_changelog(m.value()) if not k.startswith("__"))
             return len(seen) >= want
 
         read_topics(bootstrap, [topic], look, idle=2.0)

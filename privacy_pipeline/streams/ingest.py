@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from ..processors.events import EventError, parse_event
 from .records import subject_partition, wall_instant
-from .serde import EVENT_SCHEMAS, AvroSerde, RecordError, avro_to_event
+from .serde import EVENT_SCHEMAS, AvroSerde, RecordError
 from .topics import INPUT_TOPICS
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class Ingest:
             expected = EVENT_SCHEMAS.get(_TOPIC_TYPE.get(contract, ""), "")
             if name != expected:
                 raise RecordError("wrong_schema", f"a {name} record does not belong on {contract}")
-            event = parse_event(avro_to_event(record))
+            event = parse_event(record)  # Avro's None fields read as absent
             if event.controller not in self.controllers:
                 raise EventError("controller", "unknown controller (no policy pack)")
         except RecordError as exc:

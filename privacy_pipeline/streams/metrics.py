@@ -282,6 +282,12 @@ class PipelineMetrics:
             ("controller",),
             registry=reg,
         )
+        self.subject_log_refetched_total = Counter(
+            PREFIX + "subject_log_refetched",
+            "Subject-log records the enforce consumer skipped and the worker read again"
+            " straight from the broker (each is then run in order, none is lost).",
+            registry=reg,
+        )
         self.consumer_lag = Gauge(
             PREFIX + "consumer_lag",
             "Consumer lag in records, by topic (under-counted on the embedded broker).",
@@ -392,6 +398,10 @@ class PipelineMetrics:
     def observe_batch_size(self, events: int) -> None:
         """Record the number of events in one subject-log micro-batch."""
         self.batch_size.observe(events)
+
+    def observe_refetched(self, records: int) -> None:
+        """Count subject-log records read again because the consumer skipped them."""
+        self.subject_log_refetched_total.inc(records)
 
     # -- gauges ----------------------------------------------------------
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -42,9 +41,10 @@ from confluent_kafka.admin import AdminClient
 from ..processors.enforcer import PolicyEnforcer
 from ..processors.policy import load_packs
 from ..resources import policies_dir
-from .enforce import EnforceCore
+from .enforce import EnforceCore, decode_changelog
 from .metrics import PipelineMetrics
 from .serde import AvroSerde
+from .subject_log import SubjectLogReader
 from .topics import TopicSpec, ensure_topics, topic_specs
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ def _patch_faust_fetch_wait() -> None:
     thread._create_worker_consumer = create
     thread._privacy_pipeline_patched = True
 
+
+# A group of ready micro-batches: at most this many, waiting at most this long for more.
+GROUP_MAX_BATCHES = 64
+GROUP_WITHIN_S = 0.005
 
 FENCE_KEY = b"__fence__"
 INGEST_GRACE_S = 3.0
@@ -155,7 +159,7 @@ class SubjectStateTable(faust.Table):  # type: ignore[misc]
         for event in batch:
             if event.key == FENCE_KEY or not event.value:
                 continue
-            core.restore(event.message.partition, json.loads(event.value))
+            core.restore(event.message.partition, decode_changelog(event.value))
             self.restored_records += 1
 
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
@@ -265,6 +269,7 @@ def build_app(
         partitions=config.partitions,
         prefix=config.prefix,
         metrics=metrics,
+        refetch=SubjectLogReader(config.bootstrap, config.prefix + "subject-log").read,
     )
     table.core = core
 
@@ -273,16 +278,18 @@ def build_app(
     @app.agent(subject_log, name="enforce")
     async def enforce(stream: Any) -> None:
         loop = asyncio.get_running_loop()
-        async for event in stream.events():
-            message = event.message
-            # One thread, awaited per batch: order is kept, and the loop stays free for
-            # heartbeats and commits while the batch runs and its outputs are flushed.
-            records = await loop.run_in_executor(
-                executor, core.process, message.partition, event.value, message.offset
-            )
-            for i, record in enumerate(records):
-                key = f"{message.partition}:{message.offset}:{i}".encode()
-                await table.changelog_topic.send(key=key, value=record, partition=message.partition)
+        # Micro-batches that are ready together run as one group with one output flush:
+        # a flush waits for the broker's acknowledgement, and one per micro-batch capped
+        # the worker at a few hundred micro-batches a second under light load.
+        async for events in stream.take_events(GROUP_MAX_BATCHES, within=GROUP_WITHIN_S):
+            batches = [(e.message.partition, e.value, e.message.offset) for e in events]
+            # One thread, awaited per group: order is kept, and the loop stays free for
+            # heartbeats and commits while the group runs and its outputs are flushed.
+            done = await loop.run_in_executor(executor, core.process_many, batches)
+            for partition, offset, records in done:
+                for i, record in enumerate(records):
+                    key = f"{partition}:{offset}:{i}".encode()
+                    await table.changelog_topic.send(key=key, value=record, partition=partition)
 
     return app, table, core
 

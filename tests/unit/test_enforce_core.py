@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.instants import parse_instant
 from privacy_pipeline.processors.replay import Replay
-from privacy_pipeline.streams.enforce import CLOCK_KEY, OFFSET_KEY, EnforceCore
+from privacy_pipeline.streams.enforce import CLOCK_KEY, OFFSET_KEY, EnforceCore, decode_changelog
 from privacy_pipeline.streams.metrics import PipelineMetrics
 from privacy_pipeline.streams.records import subject_partition, subject_ref
 from privacy_pipeline.streams.serde import AvroSerde, event_to_avro
@@ -392,7 +392,10 @@ def test_tick_past_expiry_fires_retention_erasure_at_the_tick_instant() -> None:
     changes = core.process_batch(0, batch([tick(0, "2026-01-10T08:59:59Z")]), 1)
     assert out.take() == []
     assert changes is not None
-    assert json.loads(changes) == {CLOCK_KEY: "2026-01-10T08:59:59Z", OFFSET_KEY: 1}
+    assert decode_changelog(changes) == {
+        CLOCK_KEY: parse_instant("2026-01-10T08:59:59Z"),
+        OFFSET_KEY: 1,
+    }
 
     changes = core.process_batch(0, batch([tick(0, "2026-01-10T09:00:05Z")]), 2)
     sent = out.take()
@@ -411,9 +414,9 @@ def test_tick_past_expiry_fires_retention_erasure_at_the_tick_instant() -> None:
         assert c["policy_version"] == "inrego@2023-10"
     assert [t for t, *_ in sent].count("audit") == 2
     assert changes is not None
-    state = json.loads(changes)
-    assert state[CLOCK_KEY] == "2026-01-10T09:00:05Z"
-    assert state["inrego:visitor-1"]["holds"] == {}
+    state = decode_changelog(changes)
+    assert state[CLOCK_KEY] == parse_instant("2026-01-10T09:00:05Z")
+    assert state["inrego:visitor-1"].holds == {}
     assert core.timer_count() == 0
 
     # Nothing fires twice.
@@ -444,7 +447,7 @@ def test_a_tick_never_moves_the_clock_back() -> None:
     core.process_batch(0, batch([item(VISIT, 0)]), 0)
     changes = core.process_batch(0, batch([tick(0, "2020-01-01T00:00:00Z")]), 1)
     assert changes is not None
-    assert json.loads(changes)[CLOCK_KEY] == "2024-01-10T09:00:00Z"
+    assert decode_changelog(changes)[CLOCK_KEY] == parse_instant("2024-01-10T09:00:00Z")
 
 
 # -- the changelog and recovery --------------------------------------------------------------
@@ -454,15 +457,15 @@ def test_changelog_holds_changed_states_clock_and_offset() -> None:
     core, _ = new_core()
     first = core.process_batch(0, events_batch(SCENARIO[:5]), 7)
     assert first is not None
-    changes = json.loads(first)
+    changes = decode_changelog(first)
     assert set(changes) == {"inrego:s1", "inrego:s2", CLOCK_KEY, OFFSET_KEY}
-    assert changes[CLOCK_KEY] == "2024-01-15T09:00:00Z"
+    assert changes[CLOCK_KEY] == parse_instant("2024-01-15T09:00:00Z")
     assert changes[OFFSET_KEY] == 7
-    assert changes["inrego:s1"] == core.states["inrego:s1"].to_dict()
+    assert changes["inrego:s1"].to_dict() == core.states["inrego:s1"].to_dict()
 
     second = core.process_batch(0, events_batch(SCENARIO[5:7], 5), 8)
     assert second is not None
-    assert set(json.loads(second)) == {"rego:s3", CLOCK_KEY, OFFSET_KEY}
+    assert set(decode_changelog(second)) == {"rego:s3", CLOCK_KEY, OFFSET_KEY}
 
 
 def test_restore_then_later_batch_decides_like_one_core_that_saw_everything() -> None:
@@ -493,7 +496,7 @@ def test_restore_then_later_batch_decides_like_one_core_that_saw_everything() ->
 
     fresh, out_fresh = new_core()
     for record in changelog:
-        fresh.restore(0, json.loads(record))
+        fresh.restore(0, decode_changelog(record))
     assert fresh.applied == {0: 2}
     assert fresh.clocks == whole_clock_before(groups)
     assert fresh.states.keys() == {"inrego:s1", "inrego:s2", "rego:s3"}
@@ -525,7 +528,7 @@ def test_restore_rebuilds_timers_of_each_partition() -> None:
     fresh, out = new_core(partitions=partitions)
     for p, record in changelog.items():
         assert record is not None
-        fresh.restore(p, json.loads(record))
+        fresh.restore(p, decode_changelog(record))
     assert fresh.timer_count() == 0  # rebuilt lazily, on first use
 
     for p, events in sorted(by_partition.items()):
@@ -547,7 +550,7 @@ def test_restore_on_a_core_that_already_ran_the_partition_keeps_later_timers() -
     record = core.process_batch(0, events_batch([erase], 1), 1)
     assert record is not None
     assert core.states["inrego:z"].next_due() is None
-    core.restore(0, json.loads(record))
+    core.restore(0, decode_changelog(record))
 
     again = customer("inrego", "z", "2024-03-10T10:00:00+01:00", event_id="z-again")
     core.process_batch(0, events_batch([again], 2), 2)
@@ -572,7 +575,7 @@ def test_restored_offset_skips_batches_already_applied() -> None:
     record = core.process_batch(0, events_batch(SCENARIO[:3]), 41)
     assert record is not None
     fresh, out = new_core()
-    fresh.restore(0, json.loads(record))
+    fresh.restore(0, decode_changelog(record))
     assert fresh.process_batch(0, events_batch(SCENARIO[:3]), 41) is None
     assert fresh.process_batch(0, events_batch(SCENARIO[:3]), 40) is None
     assert out.sent == [] and fresh.skipped == 2
@@ -686,7 +689,7 @@ def test_event_invalid_in_the_worker_goes_to_dead_letters() -> None:
     # The bad event neither made a state nor moved the clock to its 2030 instant.
     assert "acme:s9" not in core.states
     assert changes is not None
-    assert json.loads(changes)[CLOCK_KEY] == "2024-01-11T09:00:00Z"
+    assert decode_changelog(changes)[CLOCK_KEY] == parse_instant("2024-01-11T09:00:00Z")
     assert core.processed == 2
 
 
@@ -734,7 +737,7 @@ def test_items_without_event_are_ignored() -> None:
     empty = {**item(VISIT, 0), "event": None}
     core, out = new_core()
     # Nothing changes but the applied offset, which is recorded so a restart skips it.
-    assert core.process_batch(0, batch([empty]), 0) == b'{"__offset__":0}'
+    assert decode_changelog(core.process_batch(0, batch([empty]), 0) or b"") == {OFFSET_KEY: 0}
     assert out.sent == []
     assert core.applied == {0: 0}
 
@@ -746,7 +749,7 @@ def test_malformed_tick_does_not_stop_the_stream() -> None:
     changes = core.process_batch(0, batch([item(VISIT, 0), tick(0, "not-a-time")]), 0)
     assert [t for t, *_ in out.sent] == ["tagged-clicks"]
     assert changes is not None
-    assert json.loads(changes)[CLOCK_KEY] == "2024-01-10T09:00:00Z"
+    assert decode_changelog(changes)[CLOCK_KEY] == parse_instant("2024-01-10T09:00:00Z")
     assert core.applied == {0: 0}
 
 
@@ -808,7 +811,7 @@ def test_a_big_batch_is_split_over_changelog_records_that_restore_exactly(
     records = core.process(0, events_batch(visits), 7)
     assert len(records) > 1
     assert all(len(r) <= 2_000 + 1_000 for r in records)
-    decoded = [json.loads(r) for r in records]
+    decoded = [decode_changelog(r) for r in records]
     assert all(OFFSET_KEY not in d for d in decoded[:-1])
     assert decoded[-1][OFFSET_KEY] == 7
     assert sorted(k for d in decoded for k in d if not k.startswith("__")) == sorted(
@@ -821,3 +824,51 @@ def test_a_big_batch_is_split_over_changelog_records_that_restore_exactly(
         k: v.to_dict() for k, v in core.states.items()
     }
     assert fresh.applied == {0: 7}
+
+
+def test_a_group_of_batches_flushes_once_and_refetches_skipped_offsets_in_order() -> None:
+    # Inrego §2.4: each visit is tagged for analytics. The consumer hands over offsets 0
+    # and 4; offsets 1-3 it passed over are read again and run, in order, before 4.
+    visits = [click("inrego", f"visitor-{i}", f"2024-01-10T10:0{i}:00+01:00") for i in range(5)]
+    log = {offset: events_batch([visit], offset) for offset, visit in enumerate(visits)}
+    asked: list[tuple[int, int, int]] = []
+
+    def refetch(partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        asked.append((partition, start, end))
+        return [(offset, log[offset]) for offset in range(start, end)]
+
+    core, out = new_core()
+    core.refetch = refetch
+    done = core.process_many([(0, log[0], 0), (0, log[4], 4), (0, log[4], 4)])
+    assert asked == [(0, 1, 4)]
+    assert [offset for _, offset, _ in done] == [0, 1, 2, 3, 4, 4]
+    assert [bool(records) for _, _, records in done] == [True] * 5 + [False]  # 4 twice: once
+    assert out.flushes == [5]  # one flush, after all five tag records
+    tagged = [record["event_id"] for _, _, _, record in out.take()]
+    assert tagged == [visit["event_id"] for visit in visits]
+    assert core.applied == {0: 4}
+
+
+def test_changelog_records_of_the_json_format_before_still_restore() -> None:
+    # Records written before the packed format: JSON, instants as ISO text.
+    core, _ = new_core()
+    core.process_batch(0, events_batch(SCENARIO[:5]), 7)
+    legacy = json.dumps(
+        {
+            **{key: state.to_dict() for key, state in core.states.items()},
+            CLOCK_KEY: "2024-01-15T09:00:00Z",
+            OFFSET_KEY: 7,
+        }
+    ).encode()
+    fresh, _ = new_core()
+    fresh.restore(0, decode_changelog(legacy))
+    assert fresh.applied == {0: 7}
+    assert fresh.clocks == {0: parse_instant("2024-01-15T09:00:00Z")}
+    assert {k: s.pack() for k, s in fresh.states.items()} == {
+        k: s.pack() for k, s in core.states.items()
+    }
+
+
+def test_a_changelog_record_of_an_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a packed changelog record"):
+        decode_changelog(b"\x07garbage")

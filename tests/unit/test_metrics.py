@@ -79,26 +79,55 @@ def test_observe_decisions_counts_exactly() -> None:
     assert _value(reg, "decisions_total", decision="extract", controller="iret") == 1
     assert _value(reg, "decisions_total", decision="reject", controller="none") == 1
 
-    assert _value(
-        reg, "suppressions_total",
-        purpose="direct_marketing", reason="consent_withdrawn", controller="rego",
-    ) == 2
-    assert _value(
-        reg, "suppressions_total",
-        purpose="direct_marketing", reason="objection", controller="inrego",
-    ) == 1
-    assert _value(
-        reg, "suppressions_total", purpose="analytics", reason="objection", controller="inrego"
-    ) == 1
+    assert (
+        _value(
+            reg,
+            "suppressions_total",
+            purpose="direct_marketing",
+            reason="consent_withdrawn",
+            controller="rego",
+        )
+        == 2
+    )
+    assert (
+        _value(
+            reg,
+            "suppressions_total",
+            purpose="direct_marketing",
+            reason="objection",
+            controller="inrego",
+        )
+        == 1
+    )
+    assert (
+        _value(
+            reg, "suppressions_total", purpose="analytics", reason="objection", controller="inrego"
+        )
+        == 1
+    )
 
-    assert _value(
-        reg, "erasure_commands_total",
-        reason="erasure_request", action="erase", target="crm", controller="rego",
-    ) == 2
-    assert _value(
-        reg, "erasure_commands_total",
-        reason="erasure_request", action="restrict", target="ledger", controller="rego",
-    ) == 1
+    assert (
+        _value(
+            reg,
+            "erasure_commands_total",
+            reason="erasure_request",
+            action="erase",
+            target="crm",
+            controller="rego",
+        )
+        == 2
+    )
+    assert (
+        _value(
+            reg,
+            "erasure_commands_total",
+            reason="erasure_request",
+            action="restrict",
+            target="ledger",
+            controller="rego",
+        )
+        == 1
+    )
 
 
 def test_other_counters_gauges_and_histograms() -> None:
@@ -106,11 +135,14 @@ def test_other_counters_gauges_and_histograms() -> None:
     m = PipelineMetrics(reg)
     m.observe_event("clicks", "click", "inrego")
     m.observe_event("clicks", "click", "inrego", count=4)
-    m.observe_events("customers", [
-        {"type": "customer", "controller": "rego"},
-        {"type": "customer", "controller": "rego"},
-        {"type": "consent", "controller": "rejoin"},
-    ])
+    m.observe_events(
+        "customers",
+        [
+            {"type": "customer", "controller": "rego"},
+            {"type": "customer", "controller": "rego"},
+            {"type": "consent", "controller": "rejoin"},
+        ],
+    )
     m.observe_dead_letter("orders", "bad_avro")
     m.observe_dead_letter("orders", "bad_avro", count=2)
     m.observe_ack("crm", "done", "rego")
@@ -124,20 +156,21 @@ def test_other_counters_gauges_and_histograms() -> None:
     m.set_consumer_lag("subject-log", 42)
 
     assert _value(reg, "events_total", topic="clicks", type="click", controller="inrego") == 5
-    assert _value(
-        reg, "events_total", topic="customers", type="customer", controller="rego"
-    ) == 2
-    assert _value(
-        reg, "events_total", topic="customers", type="consent", controller="rejoin"
-    ) == 1
+    assert _value(reg, "events_total", topic="customers", type="customer", controller="rego") == 2
+    assert _value(reg, "events_total", topic="customers", type="consent", controller="rejoin") == 1
     assert _value(reg, "dead_letters_total", topic="orders", reason="bad_avro") == 3
-    assert _value(
-        reg, "erasure_acks_total", target="crm", status="done", controller="rego"
-    ) == 1
-    assert _value(
-        reg, "erasure_commands_total",
-        reason="retention_expired", action="anonymize", target="crm", controller="rego",
-    ) == 1
+    assert _value(reg, "erasure_acks_total", target="crm", status="done", controller="rego") == 1
+    assert (
+        _value(
+            reg,
+            "erasure_commands_total",
+            reason="retention_expired",
+            action="anonymize",
+            target="crm",
+            controller="rego",
+        )
+        == 1
+    )
     assert _value(reg, "processing_seconds_count") == 2
     assert _value(reg, "processing_seconds_bucket", le="0.0005") == 1
     assert _value(reg, "processing_seconds_bucket", le="0.25") == 2
@@ -191,8 +224,17 @@ def test_personal_looking_label_values_become_other(value: str) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        "rego", "inrego", "unnamed004", "direct_marketing", "consent_withdrawn",
-        "erase", "tagged-customers", "prod.erasure-commands", "crm", "x" * 64, "tag",
+        "rego",
+        "inrego",
+        "unnamed004",
+        "direct_marketing",
+        "consent_withdrawn",
+        "erase",
+        "tagged-customers",
+        "prod.erasure-commands",
+        "crm",
+        "x" * 64,
+        "tag",
     ],
 )
 def test_vocabulary_label_values_are_kept(value: str) -> None:
@@ -210,10 +252,17 @@ def test_unsafe_values_are_counted_under_other() -> None:
     m.observe_decisions([_erasure("rego", "bob@example.com", "erasure_request", "erase")])
     m.observe_event("clicks", "click", "10.1.2.3")
     m.observe_dead_letter("clicks", "invalid email alice@example.com")
-    assert _value(
-        reg, "erasure_commands_total",
-        reason="erasure_request", action="erase", target=OTHER, controller="rego",
-    ) == 1
+    assert (
+        _value(
+            reg,
+            "erasure_commands_total",
+            reason="erasure_request",
+            action="erase",
+            target=OTHER,
+            controller="rego",
+        )
+        == 1
+    )
     assert _value(reg, "events_total", topic="clicks", type="click", controller=OTHER) == 1
     assert _value(reg, "dead_letters_total", topic="clicks", reason=OTHER) == 1
     exposition = b"".join(
@@ -279,10 +328,12 @@ _METRIC_NAME = re.compile(r"\bprivacy_pipeline_[a-z0-9_]+")
 def _exported_sample_names() -> set[str]:
     reg = CollectorRegistry()
     m = PipelineMetrics(reg)
-    m.observe_decisions([
-        _tag("rego", ("direct_marketing", "objection")),
-        _erasure("rego", "crm", "erasure_request", "erase"),
-    ])
+    m.observe_decisions(
+        [
+            _tag("rego", ("direct_marketing", "objection")),
+            _erasure("rego", "crm", "erasure_request", "erase"),
+        ]
+    )
     m.observe_event("clicks", "click", "rego")
     m.observe_dead_letter("clicks", "bad_avro")
     m.observe_ack("crm", "done", "rego")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import marshal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,33 @@ def test_serialised_state_holds_no_personal_data() -> None:
         text = json.dumps(state.to_dict(), ensure_ascii=False)
         for value in PERSONAL:
             assert value not in text
+
+
+def packed_round_trip(state: SubjectState) -> SubjectState:
+    # As the live changelog carries it: marshal of the packed form.
+    return SubjectState.unpack(marshal.loads(marshal.dumps(state.pack(), 2)))  # noqa: S302
+
+
+def test_packed_round_trip_after_a_rich_scenario_is_exact() -> None:
+    for key, state in build().states.items():
+        restored = packed_round_trip(state)
+        assert restored.to_dict() == state.to_dict(), key
+        assert restored.pack() == state.pack(), key
+        assert restored.next_due() == state.next_due(), key
+
+
+def test_packed_restored_state_decides_exactly_like_the_original() -> None:
+    original = build()
+    restored = build()
+    restored.restore({k: packed_round_trip(v) for k, v in restored.states.items()})
+    until = parse_instant("2040-01-01T00:00:00Z")
+    first = [encode_decision(d) for d in original.run(tail(), until)]
+    second = [encode_decision(d) for d in restored.run(tail(), until)]
+    assert first == second
+    assert any('"decision":"erasure"' in d for d in first)
+
+
+def test_packed_form_is_smaller_than_json() -> None:
+    for state in build().states.values():
+        packed = marshal.dumps(state.pack(), 2)
+        assert len(packed) < len(json.dumps(state.to_dict(), separators=(",", ":")))
