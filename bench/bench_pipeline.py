@@ -241,8 +241,8 @@ class Worker:
         """CPU seconds of the worker process and of its descendants (ingest)."""
         if not self.alive():
             return {"worker": 0.0, "ingest": 0.0}
-        if not self.pids:
-            self.pids = descendants(self.pid)
+        # Looked up each time: ingest starts a few seconds after the worker is ready.
+        self.pids = descendants(self.pid) or self.pids
         return {"worker": cpu_seconds(self.pid), "ingest": sum(map(cpu_seconds, self.pids))}
 
     def stop(self) -> None:

@@ -49,9 +49,9 @@ class Outputs(Protocol):
     def flush(self) -> None: ...
 
 
-# What one micro-batch adds to the metrics once its outputs are acknowledged:
-# (produced_at_ms of its events, of its opt-outs, its decisions, its item count).
-_Observed = tuple[list[int], list[int], list[Decision], int]
+# What one micro-batch adds to the metrics once its outputs are acknowledged: (produced_at_ms
+# of its events, of its opt-outs, its decisions, its item count, its own produced_at_ms).
+_Observed = tuple[list[int], list[int], list[Decision], int, int]
 
 # Reads subject-log records [start, end) of a partition straight from the broker.
 Refetch = Callable[[int, int, int], list[tuple[int, bytes]]]
@@ -199,7 +199,14 @@ class EnforceCore:
         try:
             _, batch = self.serde.decode(value, "SubjectBatch")
         except RecordError as exc:
-            log.error("undecodable subject-log record on partition %d: %s", partition, exc.reason)
+            log.error(
+                "undecodable subject-log record at partition %d offset %s skipped: %s",
+                partition,
+                offset,
+                exc.reason,
+            )
+            if offset is not None:
+                self.applied[partition] = offset  # seen: not a gap to read again
             return []
         timers = self._index(partition)
         dirty: set[str] = set()
@@ -238,7 +245,15 @@ class EnforceCore:
                 optouts.append(item["produced_at_ms"])
         self._emit(decisions)
         self.processed += len(produced)
-        pending.append((produced, optouts, [d for d, _, _ in decisions], len(batch["items"])))
+        pending.append(
+            (
+                produced,
+                optouts,
+                [d for d, _, _ in decisions],
+                len(batch["items"]),
+                batch["produced_at_ms"],
+            )
+        )
         if offset is not None:
             self.applied[partition] = offset
         return self._changelog(partition, dirty)
@@ -322,7 +337,12 @@ class EnforceCore:
             self.metrics.observe_dead_letter(item["source_topic"], "invalid_event")
 
     def _observe(
-        self, produced: list[int], optouts: list[int], decisions: list[Decision], items: int
+        self,
+        produced: list[int],
+        optouts: list[int],
+        decisions: list[Decision],
+        items: int,
+        written_ms: int,
     ) -> None:
         if self.metrics is None:
             return
@@ -333,6 +353,7 @@ class EnforceCore:
             self.metrics.observe_optout_latency(max(0.0, (now_ms - ms) / 1000.0))
         self.metrics.observe_decisions(decisions)
         self.metrics.observe_batch_size(items)
+        self.metrics.observe_subject_log_delay(max(0.0, (now_ms - written_ms) / 1000.0))
         self.metrics.set_retention_timers(None, self.timer_count())
 
     def _changelog(self, partition: int, dirty: set[str]) -> list[bytes]:

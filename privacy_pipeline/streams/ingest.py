@@ -68,6 +68,7 @@ class Ingest:
         group_id: str = "privacy-pipeline-ingest",
         tick_interval: float = 1.0,
         batch_size: int = 2000,
+        commit_interval: float = 0.5,
         serde: AvroSerde | None = None,
         wall_clock: Callable[[], float] = time.time,
         on_dead_letter: Callable[[str, str], None] | None = None,
@@ -85,6 +86,9 @@ class Ingest:
         self.ticker_id = f"ingest-{uuid.uuid4().hex[:8]}"
         self.stats = IngestStats()
         self._last_tick = 0.0
+        self.commit_interval = commit_interval
+        self._last_commit = 0.0
+        self._uncommitted = False
         self._failed: list[str] = []
         self.subject_log = prefix + "subject-log"
         self.dead_letters = prefix + "dead-letters"
@@ -96,7 +100,7 @@ class Ingest:
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 10000,
                 # Opt-outs must be in force within 100 ms: don't let an idle fetch sit long.
-                "fetch.wait.max.ms": 10,
+                "fetch.wait.max.ms": 100,
             }
         )
         self.producer = Producer(
@@ -172,10 +176,15 @@ class Ingest:
             failed, self._failed = self._failed, []
             raise DeliveryError(f"subject-log writes failed: {'; '.join(failed[:3])}")
         if consumed:
-            # Asynchronous: the writes are already acknowledged, so a lost commit only means
-            # a redelivery, which the enforce step deduplicates; a synchronous commit per
-            # step cost the embedded broker ~230 µs of CPU and every step a round trip.
+            self._uncommitted = True
+        if self._uncommitted and now - self._last_commit >= self.commit_interval:
+            # Asynchronous, and at most every commit_interval: the writes are already
+            # acknowledged, so a lost or late commit only means a redelivery, which the
+            # enforce step deduplicates; a synchronous commit per step cost the embedded
+            # broker ~230 µs of CPU and every step a round trip.
             self.consumer.commit(asynchronous=True)
+            self._uncommitted = False
+            self._last_commit = now
         return consumed
 
     def _delivered(self, err: KafkaError | None, _msg: Message) -> None:

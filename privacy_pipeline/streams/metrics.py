@@ -270,6 +270,13 @@ class PipelineMetrics:
             registry=reg,
             buckets=OPTOUT_LATENCY_BUCKETS,
         )
+        self.subject_log_delay_seconds = Histogram(
+            PREFIX + "subject_log_delay_seconds",
+            "Time from a micro-batch written to the subject log to its decisions sent: the"
+            " enforce side of processing_seconds (the rest is ingest and the input hop).",
+            registry=reg,
+            buckets=OPTOUT_LATENCY_BUCKETS,
+        )
         self.batch_size = Histogram(
             PREFIX + "batch_size",
             "Events per subject-log micro-batch.",
@@ -394,6 +401,10 @@ class PipelineMetrics:
     def observe_optout_latency(self, seconds: float) -> None:
         """Record the time from a withdrawal or objection produced to it being in force."""
         self.optout_latency_seconds.observe(seconds)
+
+    def observe_subject_log_delay(self, seconds: float) -> None:
+        """Record the time from a micro-batch written by ingest to its decisions sent."""
+        self.subject_log_delay_seconds.observe(seconds)
 
     def observe_batch_size(self, events: int) -> None:
         """Record the number of events in one subject-log micro-batch."""

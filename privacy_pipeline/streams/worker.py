@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 from ..processors.enforcer import PolicyEnforcer
 from ..processors.policy import load_packs
 from ..resources import policies_dir
+from . import faust_fixes
 from .enforce import EnforceCore, decode_changelog
 from .metrics import PipelineMetrics
 from .serde import AvroSerde
@@ -49,35 +50,11 @@ from .topics import TopicSpec, ensure_topics, topic_specs
 
 log = logging.getLogger(__name__)
 
-# faust hard-codes fetch_max_wait_ms=1500 for the worker's consumer. On an idle partition
-# a fetch then waits up to 1.5 s, which is the opt-out latency. 100 ms is as low as the
-# embedded broker handles well (smaller waits can stall on tiny batches).
-FETCH_MAX_WAIT_MS = 100
-
-
-def _patch_faust_fetch_wait() -> None:
-    from faust.transport.drivers import aiokafka as driver
-
-    thread = driver.AIOKafkaConsumerThread
-    if getattr(thread, "_privacy_pipeline_patched", False):
-        return
-    original = thread._create_worker_consumer
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        return consumer
-
-    thread._create_worker_consumer = create
-    thread._privacy_pipeline_patched = True
-
-
 # A group of ready micro-batches: at most this many, waiting at most this long for more.
 GROUP_MAX_BATCHES = 64
 GROUP_WITHIN_S = 0.005
 
 FENCE_KEY = b"__fence__"
-INGEST_GRACE_S = 3.0
 _scratch = tempfile.TemporaryDirectory(prefix="privacy-pipeline-")
 STATE_TABLE = "subject-state"
 
@@ -211,7 +188,7 @@ def build_app(
     config: WorkerConfig, metrics: PipelineMetrics | None = None
 ) -> tuple[faust.App, SubjectStateTable, EnforceCore]:
     """The faust app with its subject-log agent and state table."""
-    _patch_faust_fetch_wait()
+    faust_fixes.install()
     # faust wants a data folder even with in-memory tables; a temporary one goes with us.
     datadir = config.datadir or Path(_scratch.name)
     app = faust.App(
@@ -396,12 +373,9 @@ def run_worker(
     app, table, core = build_app(config, metrics)
     ingest = IngestProcess(config, metrics) if config.ingest else None
     if ingest is not None:
-        # Ingest starts once the worker has its partitions and state: subject-log records
-        # written while faust was still joining were seen to be skipped on the embedded
-        # broker (the first micro-batches after a cold start).
-        # A grace period after recovery, too: records written just as faust resumed its
-        # fetchers were still seen to go missing now and then.
-        table.on_ready = lambda: threading.Timer(INGEST_GRACE_S, ingest.start).start()
+        # Ingest starts once the worker has its partitions and state: its first ticks
+        # would otherwise wait in the subject log while faust joins and recovers.
+        table.on_ready = ingest.start
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     if not sys.stdout.isatty():
         worker.spinner = None  # no cursor-control codes in logs and pipes

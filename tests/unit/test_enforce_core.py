@@ -726,7 +726,7 @@ def test_undecodable_batch_is_skipped_without_output(value: bytes) -> None:
     core, out = new_core()
     assert core.process_batch(0, value, 3) is None
     assert out.sent == []
-    assert core.applied == {}
+    assert core.applied == {0: 3}  # seen, so not a gap to read again
     assert core.states == {}
     # The stream goes on.
     assert core.process_batch(0, events_batch([VISIT]), 4) is not None
@@ -872,3 +872,13 @@ def test_changelog_records_of_the_json_format_before_still_restore() -> None:
 def test_a_changelog_record_of_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="not a packed changelog record"):
         decode_changelog(b"\x07garbage")
+
+
+def test_an_undecodable_micro_batch_counts_as_seen_not_as_a_gap() -> None:
+    asked: list[tuple[int, int, int]] = []
+    core, out = new_core()
+    core.refetch = lambda p, start, end: asked.append((p, start, end)) or []
+    core.process_many([(0, events_batch([VISIT], 0), 0), (0, b"not avro", 1)])
+    core.process_many([(0, events_batch([VISIT], 2), 2)])
+    assert asked == []
+    assert core.applied == {0: 2}
