@@ -15,6 +15,7 @@ import logging
 import marshal
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -52,6 +53,15 @@ class Outputs(Protocol):
 # What one micro-batch adds to the metrics once its outputs are acknowledged: (produced_at_ms
 # of its events, of its opt-outs, its decisions, its item count, its own produced_at_ms).
 _Observed = tuple[list[int], list[int], list[Decision], int, int]
+
+
+@dataclass(slots=True)
+class Group:
+    """Micro-batches run together: their changelog records and their pending metrics."""
+
+    done: list[tuple[int, int | None, list[bytes]]] = field(default_factory=list)
+    observed: list[_Observed] = field(default_factory=list)
+
 
 # Reads subject-log records [start, end) of a partition straight from the broker.
 Refetch = Callable[[int, int, int], list[tuple[int, bytes]]]
@@ -157,14 +167,25 @@ class EnforceCore:
     ) -> list[tuple[int, int | None, list[bytes]]]:
         """Run several micro-batches in order, flush their outputs once, return changelogs.
 
-        Returns ``(partition, offset, changelog records)`` per micro-batch run, in order:
-        those given, plus any the consumer had skipped, read again through `refetch`
-        (a gap between the applied offset and a batch's offset), each before the batch
-        that revealed the gap. The outputs are acknowledged before this returns, so the
-        changelog records (written after) never get ahead of the decisions.
+        `run_group`, then a flush: the outputs are acknowledged before this returns, so
+        the changelog records (written after) never get ahead of the decisions.
         """
-        done: list[tuple[int, int | None, list[bytes]]] = []
-        pending: list[_Observed] = []
+        group = self.run_group(batches)
+        if group.observed:
+            self.outputs.flush()
+            self.observe(group)
+        return group.done
+
+    def run_group(self, batches: Sequence[tuple[int, bytes, int | None]]) -> Group:
+        """Run several micro-batches in order and send their outputs (not flushed).
+
+        `Group.done` holds ``(partition, offset, changelog records)`` per micro-batch run,
+        in order: those given, plus any the consumer had skipped, read again through
+        `refetch` (a gap between the applied offset and a batch's offset), each before
+        the batch that revealed the gap. Its changelog records may be written only once
+        its outputs are acknowledged; then `observe` it.
+        """
+        group = Group()
         for partition, value, offset in batches:
             if offset is not None and self.refetch is not None:
                 expected = self.applied.get(partition, -1) + 1
@@ -181,18 +202,17 @@ class EnforceCore:
                     if self.metrics is not None:
                         self.metrics.observe_refetched(len(missed))
                     for missed_offset, missed_value in missed:
-                        records = self._apply(partition, missed_value, missed_offset, pending)
-                        done.append((partition, missed_offset, records))
-            done.append((partition, offset, self._apply(partition, value, offset, pending)))
-        if pending:
-            self.outputs.flush()
-            for observed in pending:
-                self._observe(*observed)
-        return done
+                        records = self._apply(partition, missed_value, missed_offset, group)
+                        group.done.append((partition, missed_offset, records))
+            group.done.append((partition, offset, self._apply(partition, value, offset, group)))
+        return group
 
-    def _apply(
-        self, partition: int, value: bytes, offset: int | None, pending: list[_Observed]
-    ) -> list[bytes]:
+    def observe(self, group: Group) -> None:
+        """Record a group's metrics, once its outputs are acknowledged."""
+        for observed in group.observed:
+            self._observe(*observed)
+
+    def _apply(self, partition: int, value: bytes, offset: int | None, group: Group) -> list[bytes]:
         if offset is not None and offset <= self.applied.get(partition, -1):
             self.skipped += 1
             return []
@@ -245,7 +265,7 @@ class EnforceCore:
                 optouts.append(item["produced_at_ms"])
         self._emit(decisions)
         self.processed += len(produced)
-        pending.append(
+        group.observed.append(
             (
                 produced,
                 optouts,

@@ -31,7 +31,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-FETCH_MAX_WAIT_MS = 100
+FETCH_MAX_WAIT_MS = 30
 """The enforce consumer's fetch wait (100 ms is as low as the embedded broker handles well)."""
 
 _MARK = "_privacy_pipeline_fixed"

@@ -100,7 +100,7 @@ class Ingest:
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 10000,
                 # Opt-outs must be in force within 100 ms: don't let an idle fetch sit long.
-                "fetch.wait.max.ms": 100,
+                "fetch.wait.max.ms": 30,
             }
         )
         self.producer = Producer(

@@ -42,8 +42,9 @@ from ..processors.enforcer import PolicyEnforcer
 from ..processors.policy import load_packs
 from ..resources import policies_dir
 from . import faust_fixes
-from .enforce import EnforceCore, decode_changelog
+from .enforce import EnforceCore, Group, decode_changelog
 from .metrics import PipelineMetrics
+from .outputs import GroupAck, ProducerOutputs
 from .serde import AvroSerde
 from .subject_log import SubjectLogReader
 from .topics import TopicSpec, ensure_topics, topic_specs
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 # A group of ready micro-batches: at most this many, waiting at most this long for more.
 GROUP_MAX_BATCHES = 64
 GROUP_WITHIN_S = 0.005
+# Groups whose outputs may await their acknowledgement while the next group runs.
+PIPELINE_DEPTH = 2
 
 FENCE_KEY = b"__fence__"
 _scratch = tempfile.TemporaryDirectory(prefix="privacy-pipeline-")
@@ -79,39 +82,6 @@ class WorkerConfig:
     @property
     def changelog_topic(self) -> str:
         return f"{self.full_app_id}-{STATE_TABLE}-changelog"
-
-
-class ProducerOutputs:
-    """Decision output through confluent-kafka, flushed (acknowledged) once per batch."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "partitioner": "murmur2_random",
-                "linger.ms": 2,
-                "message.max.bytes": 8_000_000,
-            }
-        )
-        self._errors: list[str] = []
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
-
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value, key=key, on_delivery=self._delivered)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def flush(self) -> None:
-        self.producer.flush(30)
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise RuntimeError(f"output writes failed: {'; '.join(errors[:3])}")
 
 
 class _Closed:
@@ -252,21 +222,51 @@ def build_app(
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enforce")
 
+    outputs = core.outputs
+    assert isinstance(outputs, ProducerOutputs)  # noqa: S101 - built just above
+
+    def run_group(batches: list[tuple[int, bytes, int]]) -> tuple[Group, GroupAck]:
+        ack = outputs.begin()
+        try:
+            return core.run_group(batches), ack
+        finally:
+            outputs.end(ack)
+
     @app.agent(subject_log, name="enforce")
     async def enforce(stream: Any) -> None:
         loop = asyncio.get_running_loop()
-        # Micro-batches that are ready together run as one group with one output flush:
-        # a flush waits for the broker's acknowledgement, and one per micro-batch capped
-        # the worker at a few hundred micro-batches a second under light load.
-        async for events in stream.take_events(GROUP_MAX_BATCHES, within=GROUP_WITHIN_S):
-            batches = [(e.message.partition, e.value, e.message.offset) for e in events]
-            # One thread, awaited per group: order is kept, and the loop stays free for
-            # heartbeats and commits while the group runs and its outputs are flushed.
-            done = await loop.run_in_executor(executor, core.process_many, batches)
-            for partition, offset, records in done:
-                for i, record in enumerate(records):
-                    key = f"{partition}:{offset}:{i}".encode()
-                    await table.changelog_topic.send(key=key, value=record, partition=partition)
+        # Groups whose outputs are on their way: their changelog records are written in
+        # order, each once its outputs are acknowledged, while the next group runs.
+        acking: asyncio.Queue[tuple[Group, GroupAck]] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+
+        async def write_changelogs() -> None:
+            while True:
+                group, ack = await acking.get()
+                await asyncio.wrap_future(ack.future)
+                core.observe(group)
+                for partition, offset, records in group.done:
+                    for i, record in enumerate(records):
+                        key = f"{partition}:{offset}:{i}".encode()
+                        await table.changelog_topic.send(key=key, value=record, partition=partition)
+
+        writer = asyncio.ensure_future(write_changelogs())
+        try:
+            # Micro-batches that are ready together run as one group: a group's outputs
+            # are acknowledged as a whole, and one wait per micro-batch capped the worker
+            # at a few hundred micro-batches a second under light load.
+            async for events in stream.take_events(GROUP_MAX_BATCHES, within=GROUP_WITHIN_S):
+                batches = [(e.message.partition, e.value, e.message.offset) for e in events]
+                # One thread, awaited per group: order is kept, and the loop stays free for
+                # heartbeats, commits and changelog writes while the group runs.
+                done = await loop.run_in_executor(executor, run_group, batches)
+                queued = asyncio.ensure_future(acking.put(done))
+                await asyncio.wait({queued, writer}, return_when=asyncio.FIRST_COMPLETED)
+                if writer.done():
+                    queued.cancel()
+                    writer.result()  # raises what stopped it (outputs not acknowledged)
+                    raise RuntimeError("the changelog writer stopped")
+        finally:
+            writer.cancel()
 
     return app, table, core
 
@@ -386,8 +386,9 @@ def run_worker(
     finally:
         if ingest is not None:
             ingest.stop()
-        with contextlib.suppress(Exception):
-            core.outputs.flush()
+        if isinstance(core.outputs, ProducerOutputs):
+            with contextlib.suppress(Exception):
+                core.outputs.close()
         core.outputs = _Closed()  # drop the producer: an open connection delays broker stop
         with contextlib.suppress(Exception):
             asyncio.get_event_loop().close()

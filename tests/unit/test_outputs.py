@@ -1,0 +1,64 @@
+"""Group acknowledgements of the decision producer: complete in order, fail loudly.
+
+Delivery reports are fed by hand (no broker): what is under test is the bookkeeping that
+decides when a group's changelog may be written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from privacy_pipeline.streams.outputs import GroupAck, ProducerOutputs
+
+
+@pytest.fixture
+def outputs() -> Iterator[ProducerOutputs]:
+    out = ProducerOutputs("127.0.0.1:9")  # nothing listens: no record is ever sent here
+    yield out
+    out._stopped.set()
+
+
+def group_of(outputs: ProducerOutputs, sent: int) -> GroupAck:
+    ack = outputs.begin()
+    ack.sent = sent  # as if `send` had been called `sent` times
+    outputs.end(ack)
+    return ack
+
+
+def test_a_group_completes_when_its_last_output_is_acknowledged(outputs: ProducerOutputs) -> None:
+    ack = group_of(outputs, 2)
+    outputs._delivered_in(ack, None, None)
+    assert not ack.future.done()
+    outputs._delivered_in(ack, None, None)
+    assert ack.future.result(timeout=0) is None
+
+
+def test_a_group_without_outputs_completes_when_closed(outputs: ProducerOutputs) -> None:
+    assert group_of(outputs, 0).future.result(timeout=0) is None
+
+
+def test_groups_complete_in_order(outputs: ProducerOutputs) -> None:
+    # The later group's changelog must not be written before the earlier one's.
+    first, second = group_of(outputs, 1), group_of(outputs, 1)
+    outputs._delivered_in(second, None, None)
+    assert not second.future.done()
+    outputs._delivered_in(first, None, None)
+    assert first.future.done() and second.future.done()
+
+
+def test_a_group_still_open_holds_back_the_ones_after_it(outputs: ProducerOutputs) -> None:
+    first = outputs.begin()
+    second = group_of(outputs, 0)
+    assert not second.future.done()
+    outputs.end(first)
+    assert first.future.done() and second.future.done()
+
+
+def test_a_failed_output_fails_its_group_and_names_the_error(outputs: ProducerOutputs) -> None:
+    ack = group_of(outputs, 2)
+    outputs._delivered_in(ack, "Local: Message timed out", None)
+    outputs._delivered_in(ack, None, None)
+    with pytest.raises(RuntimeError, match="output writes failed: Local: Message timed out"):
+        ack.future.result(timeout=0)
