@@ -36,7 +36,8 @@ from privacy_pipeline.processors.policy import load_packs
 from privacy_pipeline.resources import policies_dir
 from privacy_pipeline.streams.enforce import EnforceCore
 from privacy_pipeline.streams.records import subject_partition
-from privacy_pipeline.streams.serde import AvroSerde, RecordError, avro_to_event, event_to_avro
+from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
+from privacy_pipeline.streams.subject_batch import SubjectBatchWriter, SubjectEntry
 from privacy_pipeline.synthetic import TrafficModel
 
 PARTITIONS = 4
@@ -77,35 +78,26 @@ def passthrough(serde: AvroSerde, values: list[bytes]) -> None:
 def ingest_batches(serde: AvroSerde, values: list[bytes], batch: int) -> list[tuple[int, bytes]]:
     """Micro-batches as `Ingest.step` builds them (same fields, same order)."""
     out: list[tuple[int, bytes]] = []
+    writer = SubjectBatchWriter(serde)
     now_ms = int(time.time() * 1000)
     for start in range(0, len(values), batch):
-        items: dict[int, list[dict[str, Any]]] = {}
+        items: dict[int, list[tuple[Any, SubjectEntry]]] = {}
         for offset, value in enumerate(values[start : start + batch], start):
-            _, record = serde.decode(value)
+            name, record = serde.decode(value)
             try:
-                event = parse_event(avro_to_event(record))
+                event = parse_event(record)
             except EventError:
                 continue
             key = f"{event.controller}:{event.subject_id}"
+            entry = SubjectEntry(
+                key, "clicks", 0, offset, now_ms, name, writer.body(value, name, record)
+            )
             items.setdefault(subject_partition(key, PARTITIONS), []).append(
-                {
-                    "key": key,
-                    "source_topic": "clicks",
-                    "source_partition": 0,
-                    "source_offset": offset,
-                    "produced_at_ms": now_ms,
-                    "event": record,
-                    "occurred": event.occurred_at,
-                }
+                (event.occurred_at, entry)
             )
         for partition, part in items.items():
-            part.sort(key=lambda item: item["occurred"])
-            for item in part:
-                item.pop("occurred")
-            value = serde.encode(
-                "SubjectBatch",
-                {"batch_id": f"b-{start}-{partition}", "produced_at_ms": now_ms, "items": part},
-            )
+            part.sort(key=lambda pair: pair[0])
+            value = writer.encode(f"b-{start}-{partition}", now_ms, [e for _, e in part])
             out.append((partition, value))
     return out
 

@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from ..processors.events import EventError, parse_event
 from .records import subject_partition, wall_instant
 from .serde import EVENT_SCHEMAS, AvroSerde, RecordError
+from .subject_batch import SubjectBatchWriter, SubjectEntry
 from .topics import INPUT_TOPICS
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ class IngestStats:
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
-def _occurred(item: dict[str, Any]) -> Any:
-    return item["occurred"]
+def _occurred(item: tuple[Any, SubjectEntry]) -> Any:
+    return item[0]
 
 
 class DeliveryError(RuntimeError):
@@ -80,6 +81,7 @@ class Ingest:
         self.tick_interval = tick_interval
         self.batch_size = batch_size
         self.serde = serde or AvroSerde()
+        self.batches = SubjectBatchWriter(self.serde)
         self.wall_clock = wall_clock
         self.on_dead_letter = on_dead_letter
         self.on_event = on_event
@@ -135,7 +137,7 @@ class Ingest:
     def step(self, timeout: float = 0.02) -> int:
         """Consume one batch, write it on, commit; return the number of records consumed."""
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout)
-        items: dict[int, list[dict[str, Any]]] = {}
+        items: dict[int, list[tuple[Any, SubjectEntry]]] = {}
         consumed = 0
         for msg in messages:
             err = msg.error()
@@ -149,23 +151,20 @@ class Ingest:
             # Events of one person arrive on several topics; within a micro-batch they are
             # put in the order they happened, so a withdrawal precedes later clicks.
             part_items.sort(key=_occurred)
+        entries = {p: [entry for _, entry in part] for p, part in items.items()}
         now = self.wall_clock()
         if self.tick_interval > 0 and now - self._last_tick >= self.tick_interval:
             self._last_tick = now
-            self._tick(now, items)
-        if not items and not consumed:
+            self._tick(now, entries)
+        if not entries and not consumed:
             return 0
-        for partition, part_items in items.items():
-            for item in part_items:
-                item.pop("occurred", None)
-            batch = {
-                "batch_id": f"{self.ticker_id}-{self.stats.batches}-{partition}",
-                "produced_at_ms": int(now * 1000),
-                "items": part_items,
-            }
+        for partition, part_entries in entries.items():
+            value = self.batches.encode(
+                f"{self.ticker_id}-{self.stats.batches}-{partition}", int(now * 1000), part_entries
+            )
             self.producer.produce(
                 self.subject_log,
-                self.serde.encode("SubjectBatch", batch),
+                value,
                 key=f"batch-{partition}".encode(),
                 partition=partition,
                 on_delivery=self._delivered,
@@ -191,22 +190,24 @@ class Ingest:
         if err is not None:
             self._failed.append(err.str())
 
-    def _tick(self, now: float, items: dict[int, list[dict[str, Any]]]) -> None:
+    def _tick(self, now: float, entries: dict[int, list[SubjectEntry]]) -> None:
         at = wall_instant(now)
         for partition in range(self.partitions):
-            items.setdefault(partition, []).append(
-                {
-                    "key": "",
-                    "source_topic": "ticker",
-                    "source_partition": partition,
-                    "source_offset": -1,
-                    "produced_at_ms": int(now * 1000),
-                    "event": {"partition": partition, "at": at, "ticker_id": self.ticker_id},
-                }
+            tick = {"partition": partition, "at": at, "ticker_id": self.ticker_id}
+            entries.setdefault(partition, []).append(
+                SubjectEntry(
+                    "",
+                    "ticker",
+                    partition,
+                    -1,
+                    int(now * 1000),
+                    "Tick",
+                    self.batches.encode_body("Tick", tick),
+                )
             )
         self.stats.ticks += 1
 
-    def _accept(self, msg: Message, items: dict[int, list[dict[str, Any]]]) -> None:
+    def _accept(self, msg: Message, items: dict[int, list[tuple[Any, SubjectEntry]]]) -> None:
         topic = msg.topic() or ""
         contract = topic.removeprefix(self.prefix)
         value = msg.value()
@@ -229,16 +230,17 @@ class Ingest:
             return
         key = f"{event.controller}:{event.subject_id}"
         _, stamp = msg.timestamp()
+        entry = SubjectEntry(
+            key,
+            contract,
+            msg.partition() or 0,
+            msg.offset() or 0,
+            stamp if stamp > 0 else int(self.wall_clock() * 1000),
+            name,
+            self.batches.body(value, name, record),
+        )
         items.setdefault(subject_partition(key, self.partitions), []).append(
-            {
-                "key": key,
-                "source_topic": contract,
-                "source_partition": msg.partition() or 0,
-                "source_offset": msg.offset() or 0,
-                "produced_at_ms": stamp if stamp > 0 else int(self.wall_clock() * 1000),
-                "event": record,
-                "occurred": event.occurred_at,
-            }
+            (event.occurred_at, entry)
         )
         self.stats.events += 1
         if self.on_event is not None:
