@@ -100,7 +100,10 @@ class Ingest:
                 "group.id": group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
-                "session.timeout.ms": 10000,
+                # The embedded broker assigns partitions about half a session timeout after
+                # a join: 6 s (Kafka's minimum) makes that 3 s instead of 5 s.
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
                 # Opt-outs must be in force within 100 ms: don't let an idle fetch sit long.
                 "fetch.wait.max.ms": 30,
             }
@@ -117,7 +120,10 @@ class Ingest:
                 "message.max.bytes": 8_000_000,
             }
         )
-        self.consumer.subscribe([prefix + t for t in INPUT_TOPICS])
+        # Ticks start once the input partitions are ours: a tick in the subject log then
+        # means ingest is live (the demo waits for the first micro-batch before producing).
+        self.assigned = False
+        self.consumer.subscribe([prefix + t for t in INPUT_TOPICS], on_assign=self._on_assign)
 
     def close(self) -> None:
         """Flush, commit what was written, and leave the group."""
@@ -153,7 +159,7 @@ class Ingest:
             part_items.sort(key=_occurred)
         entries = {p: [entry for _, entry in part] for p, part in items.items()}
         now = self.wall_clock()
-        if self.tick_interval > 0 and now - self._last_tick >= self.tick_interval:
+        if self.assigned and self.tick_interval > 0 and now - self._last_tick >= self.tick_interval:
             self._last_tick = now
             self._tick(now, entries)
         if not entries and not consumed:
@@ -185,6 +191,9 @@ class Ingest:
             self._uncommitted = False
             self._last_commit = now
         return consumed
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[Any]) -> None:
+        self.assigned = True
 
     def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:

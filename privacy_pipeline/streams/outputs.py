@@ -11,10 +11,11 @@ one's). A poller thread serves the delivery reports, so the next group runs mean
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from functools import partial
 from typing import Any
 
@@ -81,11 +82,13 @@ class ProducerOutputs:
         groups = self._groups
         while groups and groups[0].closed and groups[0].acked == groups[0].sent:
             ack = groups.popleft()
-            if ack.errors:
-                failed = "; ".join(ack.errors[:3])
-                ack.future.set_exception(RuntimeError(f"output writes failed: {failed}"))
-            else:
-                ack.future.set_result(None)
+            # Its waiter may have gone (the agent cancelled at shutdown): nothing to tell.
+            with contextlib.suppress(InvalidStateError):
+                if ack.errors:
+                    failed = "; ".join(ack.errors[:3])
+                    ack.future.set_exception(RuntimeError(f"output writes failed: {failed}"))
+                else:
+                    ack.future.set_result(None)
 
     def _delivered_in(self, ack: GroupAck, err: Any, _msg: Any) -> None:
         with self._lock:

@@ -62,3 +62,14 @@ def test_a_failed_output_fails_its_group_and_names_the_error(outputs: ProducerOu
     outputs._delivered_in(ack, None, None)
     with pytest.raises(RuntimeError, match="output writes failed: Local: Message timed out"):
         ack.future.result(timeout=0)
+
+
+def test_a_group_whose_waiter_went_away_does_not_stop_the_poller(
+    outputs: ProducerOutputs,
+) -> None:
+    # At shutdown the agent's wait is cancelled, which cancels the group's future.
+    first, second = group_of(outputs, 1), group_of(outputs, 1)
+    first.future.cancel()
+    outputs._delivered_in(first, None, None)  # must not raise
+    outputs._delivered_in(second, None, None)
+    assert second.future.result(timeout=0) is None
