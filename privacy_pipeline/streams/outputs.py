@@ -15,6 +15,7 @@ import contextlib
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError
 from functools import partial
 from typing import Any
@@ -39,7 +40,12 @@ class ProducerOutputs:
     """Sends outputs; `begin`/`end` bracket a group, whose `GroupAck.future` completes
     once every output sent in between is acknowledged (or fails, naming the errors)."""
 
-    def __init__(self, bootstrap: str, poll_interval: float = 0.01) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        poll_interval: float = 0.01,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
         self.producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -49,6 +55,7 @@ class ProducerOutputs:
                 # 2k events/s), 20 ms added its wait at low rates (p99 204 ms at 100/s).
                 "linger.ms": 8,
                 "message.max.bytes": 8_000_000,
+                **(settings or {}),
             }
         )
         self._lock = threading.Lock()
