@@ -413,6 +413,9 @@ def run_worker(
             with contextlib.suppress(Exception):
                 core.outputs.close()
         core.outputs = _Closed()  # drop the producer: an open connection delays broker stop
+        # Frozen objects are never collected: let a caller's gc.collect() free the app's
+        # clients (the demo does, so that the embedded broker can exit).
+        gc.unfreeze()
         with contextlib.suppress(Exception):
             asyncio.get_event_loop().close()
     return 0
