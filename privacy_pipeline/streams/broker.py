@@ -106,8 +106,8 @@ def _accepts_connections(host: str, port: int) -> bool:
         return False
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """Return a pre-exec hook that makes the child get SIGTERM when its parent dies (Linux)."""
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """Return a pre-exec hook that sends the child `sig` when its parent dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -119,7 +119,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     pr_set_pdeathsig = 1
 
     def hook() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        prctl(pr_set_pdeathsig, int(sig))
 
     return hook
 
@@ -253,7 +253,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if self._log_handle is not None else subprocess.DEVNULL,
-            preexec_fn=_die_with_parent() if self.die_with_parent else None,
+            preexec_fn=die_with_parent() if self.die_with_parent else None,
             process_group=0 if self.own_process_group else None,
         )
         self._register_atexit()

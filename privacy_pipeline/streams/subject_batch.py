@@ -48,10 +48,15 @@ def _short_long(n: int) -> bytes:
     return _long(n)
 
 
-@lru_cache(maxsize=1024)
 def _text(value: str) -> bytes:
     raw = value.encode()
     return _long(len(raw)) + raw
+
+
+@lru_cache(maxsize=64)
+def _topic(value: str) -> bytes:
+    """A source topic name (a handful of them), encoded once."""
+    return _text(value)
 
 
 class SubjectBatchWriter:
@@ -91,7 +96,7 @@ class SubjectBatchWriter:
                 parts += (
                     _long(len(key)),
                     key,
-                    _text(e.source_topic),
+                    _topic(e.source_topic),
                     _short_long(e.source_partition),
                     _long(e.source_offset),
                     _long(e.produced_at_ms),

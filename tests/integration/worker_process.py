@@ -36,7 +36,7 @@ from confluent_kafka.admin import AdminClient
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.policy import load_packs
 from privacy_pipeline.resources import policies_dir
-from privacy_pipeline.streams.broker import free_port
+from privacy_pipeline.streams.broker import die_with_parent, free_port
 from privacy_pipeline.streams.serde import AvroSerde, RecordError
 from privacy_pipeline.streams.topics import ensure_topics, topic_specs
 
@@ -170,24 +170,6 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-def _die_with_test_run() -> Callable[[], None] | None:
-    """A pre-exec hook: SIGKILL the worker if the test run dies without its teardown
-    (Linux; its ingest child stops by itself when the worker is gone)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:
-        prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-
-    return hook
-
-
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
@@ -253,7 +235,9 @@ class WorkerProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=child_env(self.log_dir / f"{self.name}-tmp"),
-                preexec_fn=_die_with_test_run(),
+                # SIGKILL the worker if the test run dies without its teardown (its ingest
+                # child stops by itself when the worker is gone).
+                preexec_fn=die_with_parent(signal.SIGKILL),
             )
         return self
 
