@@ -1,17 +1,33 @@
 # Every target creates .venv and installs the project into it when needed,
 # so a fresh clone needs nothing but python3 (>= 3.11) and make.
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The package's folders (each one subpackage of privacy_pipeline, see pyproject.toml).
+CODE_DIRS    := processors streams cli demo embedded_broker
+PACKAGE_DIRS := $(CODE_DIRS) schemas policies
+# A strict editable install links each file into build/, so a file added or removed
+# needs a reinstall: the stamp depends on the list of files, rewritten only when it changes.
+FILE_LIST := $(VENV)/.package-files
 
 .PHONY: demo run test lint typecheck unit integration bench bench-evaluate clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(FILE_LIST): FORCE
+	@mkdir -p $(VENV)
+	@find $(PACKAGE_DIRS) -type f ! -path '*/__pycache__/*' | sort > $@.new
+	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
+
+$(STAMP): pyproject.toml $(FILE_LIST)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
+
+.PHONY: FORCE
+FORCE:
 
 demo: $(STAMP)          ## live pipeline on the embedded broker with demo traffic and metrics
 	$(BIN)/privacy-pipeline demo
@@ -23,10 +39,11 @@ test: lint typecheck    ## everything CI runs
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check privacy_pipeline tests bench
+	$(BIN)/ruff check $(CODE_DIRS) tests bench
 
+# mypy reads the installed tree (build/__editable__…); paths are shown as in the repository.
 typecheck: $(STAMP)
-	$(BIN)/mypy privacy_pipeline/processors
+	$(BIN)/mypy $(addprefix -p privacy_pipeline.,$(CODE_DIRS)) | sed 's#build/__editable__[^/]*/privacy_pipeline/##'
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration"
@@ -41,4 +58,4 @@ bench: $(STAMP)           ## pipeline vs. passthrough on the embedded broker
 	$(BIN)/python bench/bench_pipeline.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -30,15 +30,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from privacy_pipeline.demo.traffic import TrafficModel
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.events import EventError, parse_event
-from privacy_pipeline.processors.policy import load_packs
-from privacy_pipeline.resources import policies_dir
+from privacy_pipeline.processors.policy import load_packs, packaged_policies
 from privacy_pipeline.streams.enforce import EnforceCore
 from privacy_pipeline.streams.records import subject_partition
 from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
 from privacy_pipeline.streams.subject_batch import SubjectBatchWriter, SubjectEntry
-from privacy_pipeline.synthetic import TrafficModel
 
 PARTITIONS = 4
 
@@ -105,7 +104,7 @@ def ingest_batches(serde: AvroSerde, values: list[bytes], batch: int) -> list[tu
 def enforce(batches: list[tuple[int, bytes]]) -> tuple[EnforceCore, NullOutputs]:
     outputs = NullOutputs()
     core = EnforceCore(
-        PolicyEnforcer(load_packs(policies_dir())), AvroSerde(), outputs, {}, PARTITIONS
+        PolicyEnforcer(load_packs(packaged_policies())), AvroSerde(), outputs, {}, PARTITIONS
     )
     for offset, (partition, value) in enumerate(batches):
         for record in core.process(partition, value, offset):

@@ -3,7 +3,7 @@
     python bench/bench_evaluate.py [--events 200000] [--subjects 10000] [--check]
                                    [--profile 25]
 
-1. Generates synthetic events for all five controllers (privacy_pipeline.synthetic) to a
+1. Generates synthetic events for all five controllers (privacy_pipeline.demo.traffic) to a
    temporary JSON-lines file; not timed.
 2. Times, interleaved and best of `--repeats`, on the same file and the same sink
    (/dev/null):
@@ -42,11 +42,10 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
+from privacy_pipeline.demo.traffic import CONTROLLERS, TrafficModel
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
-from privacy_pipeline.processors.policy import PolicyPack, load_packs
+from privacy_pipeline.processors.policy import PolicyPack, load_packs, packaged_policies
 from privacy_pipeline.processors.replay import Replay, encode_decision
-from privacy_pipeline.resources import policies_dir
-from privacy_pipeline.synthetic import CONTROLLERS, TrafficModel
 
 TARGET_RATIO = 6.0
 TARGET_STATE_BYTES = 2048
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
 
-    policies = args.policies or policies_dir()
+    policies = args.policies or packaged_policies()
     t0 = time.perf_counter()
     packs = load_packs(policies)
     load_s = time.perf_counter() - t0

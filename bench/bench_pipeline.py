@@ -8,7 +8,7 @@ Everything runs on one embedded broker (Tansu) that this script starts on a port
 4 partitions, tick interval 1 s) with its Prometheus metrics on another port of that range.
 
 1. Input (not timed): `--events` synthetic events over `--subjects` subjects
-   (`privacy_pipeline.synthetic.TrafficModel`, the last 30 days, `--bad-ratio` of them
+   (`privacy_pipeline.demo.traffic.TrafficModel`, the last 30 days, `--bad-ratio` of them
    malformed), Avro-encoded with `AvroSerde`, produced to the five input topics of two
    fresh prefixes: one for the baseline, one for the pipeline. Both read the same data.
 2. Baseline: one confluent-kafka loop, `consume(num_messages=2000)` -> `serde.decode` ->
@@ -64,12 +64,12 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from privacy_pipeline.demo.traffic import CONTROLLERS, TrafficModel
+from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker
 from privacy_pipeline.processors.events import EventError, parse_event
-from privacy_pipeline.streams.broker import EmbeddedBroker
 from privacy_pipeline.streams.enforce import decode_changelog
 from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
 from privacy_pipeline.streams.topics import TopicSpec, ensure_topics, topic_specs
-from privacy_pipeline.synthetic import CONTROLLERS, TrafficModel
 
 TARGET_RATIO = 0.4
 TARGET_OPTOUT_P99_MS = 100.0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import bench_pipeline as bp
 
-from privacy_pipeline.streams.broker import EmbeddedBroker
+from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker
 from privacy_pipeline.streams.serde import AvroSerde
 from privacy_pipeline.streams.topics import ensure_topics, topic_specs
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from privacy_pipeline.streams.broker import EmbeddedBroker, free_port
+from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker, free_port
 from privacy_pipeline.streams.topics import ensure_topics, topic_specs
 
 BROKER_ENV = "PRIVACY_PIPELINE_TEST_BROKER"

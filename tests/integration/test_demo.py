@@ -25,9 +25,7 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from privacy_pipeline.processors.instants import parse_instant
-from privacy_pipeline.streams.broker import free_port
-from privacy_pipeline.streams.demo import (
+from privacy_pipeline.demo.runner import (
     DemoTraffic,
     Snapshot,
     bucket_quantile,
@@ -35,6 +33,8 @@ from privacy_pipeline.streams.demo import (
     format_summary,
     read_snapshot,
 )
+from privacy_pipeline.embedded_broker.launcher import free_port
+from privacy_pipeline.processors.instants import parse_instant
 from privacy_pipeline.streams.metrics import PipelineMetrics
 
 DURATION = 25
@@ -112,7 +112,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     command = [
         sys.executable,
         "-c",
-        "from privacy_pipeline.streams.demo import demo; demo()",
+        "from privacy_pipeline.demo.runner import demo; demo()",
         "--broker-port",
         str(broker_port),
         "--metrics-port",

@@ -42,9 +42,8 @@ from worker_process import (
 )
 
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
-from privacy_pipeline.processors.policy import load_packs
+from privacy_pipeline.processors.policy import load_packs, packaged_policies
 from privacy_pipeline.processors.replay import Replay
-from privacy_pipeline.resources import policies_dir
 from privacy_pipeline.streams.serde import MAGIC, event_to_avro
 
 StartWorker = Callable[..., WorkerProcess]
@@ -431,7 +430,7 @@ def test_ticks_fire_a_retention_timer_live(
     # A visit 24 months (the Inrego analytics retention) minus a few seconds ago.
     lapse = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=6)
     visit = click("inrego", "visitor-tick", _months_before(lapse, 24))
-    replay = Replay(PolicyEnforcer(load_packs(policies_dir())))
+    replay = Replay(PolicyEnforcer(load_packs(packaged_policies())))
     [tag] = replay.process_line(1, json.dumps(visit))
     expires = datetime.fromisoformat(tag["purposes"][0]["expires_at"].replace("Z", "+00:00"))
     assert timedelta(0) < expires - datetime.now(UTC) < timedelta(seconds=30)

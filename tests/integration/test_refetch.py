@@ -28,8 +28,7 @@ from worker_process import (
     send_raw,
 )
 
-from privacy_pipeline.processors.policy import load_packs
-from privacy_pipeline.resources import policies_dir
+from privacy_pipeline.processors.policy import load_packs, packaged_policies
 from privacy_pipeline.streams.ingest import Ingest
 from privacy_pipeline.streams.serde import event_to_avro
 
@@ -48,7 +47,7 @@ def test_records_the_consumer_skipped_are_read_again_and_run_in_order(
         # The worker's own ingest group, so that the worker's ingest finds them done.
         ingest = Ingest(
             broker,
-            sorted(load_packs(policies_dir())),
+            sorted(load_packs(packaged_policies())),
             partitions=1,
             prefix=topic_prefix,
             group_id=f"{topic_prefix}privacy-pipeline-ingest",

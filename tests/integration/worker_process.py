@@ -33,10 +33,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from privacy_pipeline.embedded_broker.launcher import die_with_parent, free_port
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
-from privacy_pipeline.processors.policy import load_packs
-from privacy_pipeline.resources import policies_dir
-from privacy_pipeline.streams.broker import die_with_parent, free_port
+from privacy_pipeline.processors.policy import load_packs, packaged_policies
 from privacy_pipeline.streams.serde import AvroSerde, RecordError
 from privacy_pipeline.streams.topics import ensure_topics, topic_specs
 
@@ -132,7 +131,7 @@ def write_events(path: Path, events: Iterable[Mapping[str, Any]]) -> Path:
 
 def policy_versions() -> dict[str, str]:
     """controller -> the policy_version the worker stamps on its outputs."""
-    enforcer = PolicyEnforcer(load_packs(policies_dir()))
+    enforcer = PolicyEnforcer(load_packs(packaged_policies()))
     return {c: enforcer.policy(c).version for c in enforcer.policies}
 
 

@@ -1,0 +1,424 @@
+"""The live worker: faust enforce agent over the subject log, with batched ingest beside it.
+
+Shape (see the design's Runtime section):
+
+    inputs --(ingest process: confluent-kafka, batched)--> subject-log micro-batches
+    subject-log --(faust agent: EnforceCore)--> tagged-*, erasure-commands, audit
+
+Subject state lives in a faust table whose changelog gets **one record per micro-batch**
+(the states that batch changed, plus the partition clock) instead of one per subject:
+faust pays ~120 µs per table write, which would cap the pipeline near 8k events/s.
+Recovery is faust's, reading that changelog back through `apply_changelog_batch`. Before
+the worker starts, a fence record is written to every changelog partition: the embedded
+broker reports the end of a partition as the start of its last producer batch, and a
+one-record batch at the end makes that answer exact, so recovery reads everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from privacy_pipeline.processors.enforcer import PolicyEnforcer
+from privacy_pipeline.processors.policy import load_packs, packaged_policies
+
+from . import faust_fixes
+from .enforce import EnforceCore, Group, decode_changelog
+from .metrics import PipelineMetrics
+from .outputs import GroupAck, ProducerOutputs
+from .serde import AvroSerde
+from .subject_log import SubjectLogReader
+from .topics import TopicSpec, ensure_topics, topic_specs
+
+log = logging.getLogger(__name__)
+
+# A group of ready micro-batches: at most this many, waiting at most this long for more.
+GROUP_MAX_BATCHES = 64
+GROUP_WITHIN_S = 0.005
+# Groups whose outputs may await their acknowledgement while the next group runs.
+PIPELINE_DEPTH = 2
+
+# Python's cyclic collector: a full pass walks every tracked object, i.e. the state of every
+# subject, and paused the worker 60-270 ms several times a minute (gc callbacks, 10k
+# subjects). Young collections are made rarer, and what is alive is frozen (left out of
+# later passes) once recovery completes and then every minute: subject states live long,
+# and the hot path makes little cyclic garbage (a pass freed 0-100 objects). What was
+# already garbage in an old generation when frozen is never freed: a few objects a minute.
+GC_THRESHOLDS = (50_000, 50, 100)
+GC_FREEZE_EVERY_S = 60.0
+
+FENCE_KEY = b"__fence__"
+_scratch = tempfile.TemporaryDirectory(prefix="privacy-pipeline-")
+STATE_TABLE = "subject-state"
+
+
+@dataclass
+class WorkerConfig:
+    """Settings of one live worker."""
+
+    bootstrap: str
+    prefix: str = ""
+    partitions: int = 4
+    app_id: str = "privacy-pipeline"
+    policies: Path = field(default_factory=packaged_policies)
+    tick_interval: float = 1.0
+    ingest: bool = True
+    datadir: Path | None = None
+
+    @property
+    def full_app_id(self) -> str:
+        return f"{self.prefix}{self.app_id}"
+
+    @property
+    def changelog_topic(self) -> str:
+        return f"{self.full_app_id}-{STATE_TABLE}-changelog"
+
+
+class _Closed:
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        raise RuntimeError("the worker has stopped")
+
+    def flush(self) -> None:
+        return None
+
+
+class SubjectStateTable(faust.Table[str, Any]):
+    """A faust table whose changelog holds one record of state changes per micro-batch."""
+
+    core: EnforceCore | None = None
+    ready_at: float | None = None
+    restored_records = 0
+    on_ready: Any = None  # called once, when the first recovery completes
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        core = self.core
+        assert core is not None  # noqa: S101 - set before the worker starts
+        for event in batch:
+            if event.key == FENCE_KEY or not event.value:
+                continue
+            core.restore(event.message.partition, decode_changelog(event.value))
+            self.restored_records += 1
+
+    async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        first = self.ready_at is None
+        self.ready_at = time.time()
+        freeze_long_lived()
+        if first and self.on_ready is not None:
+            self.on_ready()
+        subjects = len(self.core.states) if self.core else 0
+        log.info(
+            "recovery complete: %d changelog records, %d subjects", self.restored_records, subjects
+        )
+
+
+def freeze_long_lived() -> None:
+    """Collect the young generations, then leave every live object out of later passes."""
+    gc.collect(1)
+    gc.freeze()
+
+
+def changelog_spec(config: WorkerConfig) -> TopicSpec:
+    """The state changelog: never compacted (its keys are per batch), kept forever."""
+    return TopicSpec(
+        name=config.changelog_topic,
+        partitions=config.partitions,
+        retention_ms=-1,
+        value_schema="StateChanges",
+        key_schema="bytes",
+        doc="subject-state changes, one record per subject-log micro-batch",
+        internal=True,
+    )
+
+
+def prepare(config: WorkerConfig) -> None:
+    """Create every topic, then fence each changelog partition (exact recovery on Tansu).
+
+    Input and output topics that already exist are used as they are (a producer may have
+    created them first); the subject log and the changelog must have `partitions`.
+    """
+    admin = AdminClient({"bootstrap.servers": config.bootstrap})
+    existing = set(admin.list_topics(timeout=30).topics)
+    specs = [
+        spec
+        for spec in [*topic_specs(config.prefix, config.partitions), changelog_spec(config)]
+        if spec.internal or spec.contract_name == "subject-log" or spec.name not in existing
+    ]
+    ensure_topics(config.bootstrap, specs)
+    producer = Producer({"bootstrap.servers": config.bootstrap, "linger.ms": 0})
+    for partition in range(config.partitions):
+        producer.produce(config.changelog_topic, b"", key=FENCE_KEY, partition=partition)
+        producer.flush(30)  # one record per producer batch: the end offset is then exact
+
+
+def build_app(
+    config: WorkerConfig, metrics: PipelineMetrics | None = None
+) -> tuple[faust.App, SubjectStateTable, EnforceCore]:
+    """The faust app with its subject-log agent and state table."""
+    faust_fixes.install()
+    # faust wants a data folder even with in-memory tables; a temporary one goes with us.
+    datadir = config.datadir or Path(_scratch.name)
+    app = faust.App(
+        config.full_app_id,
+        broker=f"kafka://{config.bootstrap}",
+        store="memory://",
+        datadir=str(datadir),
+        topic_partitions=config.partitions,
+        topic_replication_factor=1,
+        web_enabled=False,
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        producer_linger=0.002,
+    )
+    subject_log = app.topic(
+        config.prefix + "subject-log",
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=config.partitions,
+    )
+    changelog = app.topic(
+        config.changelog_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=config.partitions,
+        compacting=False,
+        deleting=False,
+        internal=False,
+    )
+    table = SubjectStateTable(
+        app=app,
+        name=STATE_TABLE,
+        default=None,
+        partitions=config.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        changelog_topic=changelog,
+        help="Subject states (consent ledger, retention holds, timers), micro-batched changelog",
+    )
+    app.tables.add(table)
+    enforcer = PolicyEnforcer(load_packs(config.policies))
+    core = EnforceCore(
+        enforcer,
+        AvroSerde(),
+        ProducerOutputs(config.bootstrap),
+        states={},
+        partitions=config.partitions,
+        prefix=config.prefix,
+        metrics=metrics,
+        refetch=SubjectLogReader(config.bootstrap, config.prefix + "subject-log").read,
+    )
+    table.core = core
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enforce")
+
+    outputs = core.outputs
+    assert isinstance(outputs, ProducerOutputs)  # noqa: S101 - built just above
+
+    def run_group(batches: list[tuple[int, bytes, int]]) -> tuple[Group, GroupAck]:
+        ack = outputs.begin()
+        try:
+            return core.run_group(batches), ack
+        finally:
+            outputs.end(ack)
+
+    @app.timer(GC_FREEZE_EVERY_S)  # type: ignore[untyped-decorator]  # faust returns Callable
+    async def freeze() -> None:
+        freeze_long_lived()
+
+    @app.agent(subject_log, name="enforce")
+    async def enforce(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        # Groups whose outputs are on their way: their changelog records are written in
+        # order, each once its outputs are acknowledged, while the next group runs.
+        acking: asyncio.Queue[tuple[Group, GroupAck]] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+
+        async def write_changelogs() -> None:
+            while True:
+                group, ack = await acking.get()
+                await asyncio.wrap_future(ack.future)
+                core.observe(group)
+                for partition, offset, records in group.done:
+                    for i, record in enumerate(records):
+                        key = f"{partition}:{offset}:{i}".encode()
+                        await table.changelog_topic.send(key=key, value=record, partition=partition)
+
+        writer = asyncio.ensure_future(write_changelogs())
+        try:
+            # Micro-batches that are ready together run as one group: a group's outputs
+            # are acknowledged as a whole, and one wait per micro-batch capped the worker
+            # at a few hundred micro-batches a second under light load.
+            async for events in stream.take_events(GROUP_MAX_BATCHES, within=GROUP_WITHIN_S):
+                batches = [(e.message.partition, e.value, e.message.offset) for e in events]
+                # One thread, awaited per group: order is kept, and the loop stays free for
+                # heartbeats, commits and changelog writes while the group runs.
+                done = await loop.run_in_executor(executor, run_group, batches)
+                queued = asyncio.ensure_future(acking.put(done))
+                await asyncio.wait({queued, writer}, return_when=asyncio.FIRST_COMPLETED)
+                if writer.done():
+                    queued.cancel()
+                    writer.result()  # raises what stopped it (outputs not acknowledged)
+                    raise RuntimeError("the changelog writer stopped")
+        finally:
+            writer.cancel()
+
+    return app, table, core
+
+
+# -- ingest in its own process, its metrics forwarded to the worker's registry ----------
+
+
+def _ingest_main(
+    config: WorkerConfig, controllers: list[str], out: Any, stop: Any, parent: int
+) -> None:
+    from .ingest import Ingest  # a fresh process: import here
+
+    # A terminal's Ctrl-C reaches the whole group; the worker stops us in order instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.set_threshold(*GC_THRESHOLDS)  # ingest keeps little, but allocates per record
+
+    pending: Counter[tuple[str, ...]] = Counter()
+
+    def dead(topic: str, reason: str) -> None:
+        pending[("dead", topic, reason)] += 1
+
+    def event(topic: str, etype: str, controller: str) -> None:
+        pending[("event", topic, etype, controller)] += 1
+
+    ingest = Ingest(
+        config.bootstrap,
+        controllers,
+        config.partitions,
+        prefix=config.prefix,
+        group_id=f"{config.full_app_id}-ingest",
+        tick_interval=config.tick_interval,
+        on_dead_letter=dead,
+        on_event=event,
+    )
+    last = time.monotonic()
+    try:
+        # Stop with the worker, also when it was killed outright (kill -9).
+        while not stop.is_set() and os.getppid() == parent:
+            ingest.step()
+            if pending and time.monotonic() - last > 0.5:
+                out.put(dict(pending))
+                pending.clear()
+                last = time.monotonic()
+    finally:
+        if pending:
+            out.put(dict(pending))
+        ingest.close()
+
+
+class IngestProcess:
+    """Runs ingest in a child process and feeds its counts into `metrics`."""
+
+    def __init__(self, config: WorkerConfig, metrics: PipelineMetrics | None) -> None:
+        ctx = mp.get_context("spawn")
+        self._queue: Any = ctx.Queue()
+        self._stop = ctx.Event()
+        controllers = sorted(load_packs(config.policies))
+        self.process = ctx.Process(
+            target=_ingest_main,
+            # The parent's pid is passed, not read in the child: if the worker dies while
+            # the child is still starting, getppid() there would already be init's.
+            args=(config, controllers, self._queue, self._stop, os.getpid()),
+            name="privacy-pipeline-ingest",
+            daemon=True,
+        )
+        self.metrics = metrics
+        self._pump = threading.Thread(target=self._forward, daemon=True)
+        self._running = True
+
+    def start(self) -> None:
+        self.process.start()
+        self._pump.start()
+
+    def _forward(self) -> None:
+        while self._running or not self._queue.empty():
+            try:
+                counts = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if not self.process.is_alive():
+                    return
+                continue
+            if self.metrics is None:
+                continue
+            for key, n in counts.items():
+                if key[0] == "dead":
+                    self.metrics.observe_dead_letter(key[1], key[2], n)
+                else:
+                    self.metrics.observe_event(key[1], key[2], key[3], n)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.process.pid is None:  # never started
+            return
+        self.process.join(15)
+        if self.process.is_alive():
+            self.process.terminate()
+        self._running = False
+
+
+def run_worker(
+    config: WorkerConfig, metrics: PipelineMetrics | None, loglevel: str = "warn"
+) -> int:
+    """Prepare topics, start ingest, run the faust worker until stopped; return exit code."""
+    prepare(config)
+    gc.set_threshold(*GC_THRESHOLDS)
+    app, table, core = build_app(config, metrics)
+    ingest = IngestProcess(config, metrics) if config.ingest else None
+    if ingest is not None:
+        # Ingest starts once the worker has its partitions and state: its first ticks
+        # would otherwise wait in the subject log while faust joins and recovers.
+        table.on_ready = ingest.start
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    if not sys.stdout.isatty():
+        worker.spinner = None  # no cursor-control codes in logs and pipes
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        if ingest is not None:
+            ingest.stop()
+        if isinstance(core.outputs, ProducerOutputs):
+            with contextlib.suppress(Exception):
+                core.outputs.close()
+        core.outputs = _Closed()  # drop the producer: an open connection delays broker stop
+        # Frozen objects are never collected: let a caller's gc.collect() free the app's
+        # clients (the demo does, so that the embedded broker can exit).
+        gc.unfreeze()
+        with contextlib.suppress(Exception):
+            asyncio.get_event_loop().close()
+    return 0
+
+
+__all__ = ["WorkerConfig", "build_app", "prepare", "run_worker"]
