@@ -69,7 +69,21 @@ from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker
 from privacy_pipeline.processors.events import EventError, parse_event
 from privacy_pipeline.streams.enforce import decode_changelog
 from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
-from privacy_pipeline.streams.topics import TopicSpec, ensure_topics, topic_specs
+from privacy_pipeline.streams.settings import ClientTuning
+from privacy_pipeline.streams.topic_admin import ensure_topics
+from privacy_pipeline.streams.topics import (
+    AUDIT,
+    CLICKS,
+    DEAD_LETTERS,
+    ERASURE_COMMANDS,
+    EVENT_SCHEMAS,
+    INPUT_TOPICS,
+    SUBJECT_LOG,
+    TAGGED_TOPIC,
+    TopicSpec,
+    input_topic,
+    topic_specs,
+)
 
 TARGET_RATIO = 0.4
 TARGET_OPTOUT_P99_MS = 100.0
@@ -79,22 +93,10 @@ PARTITIONS = 4
 SEND_EVERY_MS = 20  # latency traffic: produce (and linger) in 20 ms steps (see bench/README)
 TICK_INTERVAL = 1.0
 CLI = [str(Path(sys.executable).with_name("privacy-pipeline"))]
-TOPIC_OF = {
-    "customer": "customers",
-    "order": "orders",
-    "click": "clicks",
-    "consent": "consents",
-    "privacy_request": "privacy-requests",
-}
-INPUTS = tuple(TOPIC_OF.values())
-COUNTED_OUTPUTS = (
-    "tagged-customers",
-    "tagged-orders",
-    "tagged-clicks",
-    "audit",
-    "erasure-commands",
-    "dead-letters",
-)
+TUNING = ClientTuning()
+TOPIC_OF = {kind: input_topic(kind).name for kind in EVENT_SCHEMAS}
+INPUTS = INPUT_TOPICS
+COUNTED_OUTPUTS = (*TAGGED_TOPIC.values(), AUDIT.name, ERASURE_COMMANDS.name, DEAD_LETTERS.name)
 READY_RE = re.compile(r"Worker ready")
 RECOVERED_RE = re.compile(r"recovery complete: (\d+) changelog records, (\d+) subjects")
 
@@ -293,7 +295,7 @@ def encode_events(
     kinds: Counter[str] = Counter()
     for event in events:
         key = f"{event.get('controller')}:{event.get('subject_id')}".encode()
-        topic = TOPIC_OF.get(event.get("type"), "clicks")  # type: ignore[arg-type]
+        topic = TOPIC_OF.get(event.get("type"), CLICKS.name)  # type: ignore[arg-type]
         try:
             value = serde.encode(*event_to_avro(event))
         except (RecordError, KeyError, TypeError):
@@ -310,15 +312,7 @@ def encode_events(
 
 
 def producer(bootstrap: str, linger_ms: int = 20) -> Producer:
-    return Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "partitioner": "murmur2_random",
-            "linger.ms": linger_ms,
-            "queue.buffering.max.messages": 500_000,
-            "message.max.bytes": 8_000_000,
-        }
-    )
+    return Producer(TUNING.traffic_producer(bootstrap, linger_ms))
 
 
 def produce_all(bootstrap: str, prefix: str, records: list[Record]) -> float:
@@ -367,15 +361,8 @@ def customer_created(n: int, start: datetime) -> list[dict[str, Any]]:
 
 
 def _consumer(bootstrap: str) -> Consumer:
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 100,
-        }
-    )
+    config = TUNING.reader_consumer(bootstrap, f"bench-{uuid.uuid4().hex[:8]}")
+    return Consumer({**config, "enable.partition.eof": True})
 
 
 def read_topics(
@@ -456,7 +443,7 @@ def skipped_records(bootstrap: str, serde: AvroSerde, prefix: str) -> dict[str, 
                 events[(m.partition(), m.offset())] = sum(1 for i in batch["items"] if i["key"])
         return False
 
-    read_topics(bootstrap, [prefix + "subject-log"], batches)
+    read_topics(bootstrap, [SUBJECT_LOG.named(prefix)], batches)
     if events:
         progress(
             f"  subject-log records never run by the agent (partition, offset): {sorted(events)}"
@@ -529,14 +516,7 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
 def run_baseline(bootstrap: str, prefix: str, n: int, serde: AvroSerde) -> dict[str, Any]:
     """consume -> decode -> encode -> produce, batched; events/s and CPU per event."""
     out_topic = prefix + "passthrough"
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-baseline-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 100,
-        }
-    )
+    c = Consumer(TUNING.reader_consumer(bootstrap, f"bench-baseline-{uuid.uuid4().hex[:8]}"))
     c.assign(
         [TopicPartition(prefix + t, p, OFFSET_BEGINNING) for t in INPUTS for p in range(PARTITIONS)]
     )
@@ -647,7 +627,7 @@ def run_pipeline(
     )
     done = outcomes(m)
     cpu1 = worker.cpu()
-    first_ms = first_ingest_ms(bootstrap, serde, prefix + "subject-log")
+    first_ms = first_ingest_ms(bootstrap, serde, SUBJECT_LOG.named(prefix))
     t_start = first_ms / 1000.0 if first_ms is not None else ready_at
     secs = t_end - t_start
     counts = read_topics(bootstrap, [prefix + t for t in COUNTED_OUTPUTS])

@@ -21,7 +21,8 @@ import bench_pipeline as bp
 
 from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker
 from privacy_pipeline.streams.serde import AvroSerde
-from privacy_pipeline.streams.topics import ensure_topics, topic_specs
+from privacy_pipeline.streams.topic_admin import ensure_topics
+from privacy_pipeline.streams.topics import topic_specs
 
 PREFIX = "sweep-"
 WARM_UP_S = 8.0  # ingest joins its consumer group after the worker is ready

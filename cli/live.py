@@ -14,26 +14,25 @@ import click
 
 from privacy_pipeline.embedded_broker.launcher import MEMORY_NOTE
 from privacy_pipeline.processors.policy import packaged_policies
+from privacy_pipeline.streams.settings import ENV_BOOTSTRAP, ENV_POLICIES, ENV_PREFIX, Settings
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
-BROKER_HELP = "Kafka bootstrap HOST:PORT (env KAFKA_BOOTSTRAP_SERVERS)."
-PREFIX_HELP = "Prefix for every topic name (env PRIVACY_PIPELINE_TOPIC_PREFIX)."
+BROKER_HELP = f"Kafka bootstrap HOST:PORT (env {ENV_BOOTSTRAP})."
+PREFIX_HELP = f"Prefix for every topic name (env {ENV_PREFIX})."
 
 
 def broker_option(required: bool) -> Callable[[FC], FC]:
     return click.option(
         "--broker",
-        envvar="KAFKA_BOOTSTRAP_SERVERS",
+        envvar=ENV_BOOTSTRAP,
         required=required,
         metavar="HOST:PORT",
         help=BROKER_HELP + ("" if required else " Without it, the embedded broker is started."),
     )
 
 
-prefix_option = click.option(
-    "--prefix", envvar="PRIVACY_PIPELINE_TOPIC_PREFIX", default="", help=PREFIX_HELP
-)
+prefix_option = click.option("--prefix", envvar=ENV_PREFIX, default="", help=PREFIX_HELP)
 
 
 @click.command()
@@ -68,7 +67,7 @@ def broker(port: int | None, host: str) -> None:
 @click.option(
     "--policies",
     type=click.Path(exists=True, path_type=Path),
-    envvar="PRIVACY_PIPELINE_POLICIES",
+    envvar=ENV_POLICIES,
     default=packaged_policies,
     show_default="the seed packs",
     help="A policy pack file or a folder of packs.",
@@ -109,8 +108,7 @@ def run(
         click.echo(f"started the {MEMORY_NOTE}, at {broker}", err=True)
     metrics, stop_metrics = _metrics(metrics_port)
     config = WorkerConfig(
-        bootstrap=broker,
-        prefix=prefix,
+        Settings(bootstrap=broker, prefix=prefix),
         partitions=partitions,
         app_id=app_id,
         policies=policies,
@@ -157,16 +155,10 @@ def produce(broker: str, prefix: str, topic: str | None, file: IO[bytes]) -> Non
     from confluent_kafka import Producer
 
     from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
+    from privacy_pipeline.streams.topics import input_topic
 
-    by_type = {
-        "customer": "customers",
-        "order": "orders",
-        "click": "clicks",
-        "consent": "consents",
-        "privacy_request": "privacy-requests",
-    }
     serde = AvroSerde()
-    producer = Producer({"bootstrap.servers": broker, "partitioner": "murmur2_random"})
+    producer = Producer(Settings().tuning.traffic_producer(broker))
     sent = bad = 0
     for number, raw in enumerate(file, start=1):
         if not raw.strip():
@@ -182,7 +174,7 @@ def produce(broker: str, prefix: str, topic: str | None, file: IO[bytes]) -> Non
             bad += 1
             click.echo(f"line {number}: not sent: {_safe(exc)}", err=True)
             continue
-        target = topic or by_type[event["type"]]
+        target = topic or input_topic(event["type"]).name
         key = f"{event.get('controller')}:{event.get('subject_id')}".encode()
         producer.produce(prefix + target, value, key=key)
         producer.poll(0)
@@ -230,16 +222,9 @@ def tail(
     from privacy_pipeline.streams.serde import AvroSerde, RecordError
 
     serde = AvroSerde()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": broker,
-            "group.id": f"privacy-pipeline-tail-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 10000,
-            "fetch.wait.max.ms": 100,
-        }
-    )
+    group = f"privacy-pipeline-tail-{uuid.uuid4().hex[:8]}"
+    tuning = Settings().tuning
+    consumer = Consumer(tuning.reader_consumer(broker, group, from_beginning=from_beginning))
     # Assign every partition directly: no group join to wait for (half a session timeout).
     name = prefix + topic
     metadata = consumer.list_topics(name, timeout=10).topics.get(name)

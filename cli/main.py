@@ -23,6 +23,7 @@ from privacy_pipeline.processors.policy import (
     packaged_policies,
 )
 from privacy_pipeline.processors.replay import Replay, encode_decision
+from privacy_pipeline.streams.settings import ENV_POLICIES
 
 POLICIES_HELP = "A policy pack file or a folder of packs (default: the five seed packs)."
 
@@ -60,7 +61,7 @@ def main() -> None:
 @click.option(
     "--policies",
     type=click.Path(exists=True, path_type=Path),
-    envvar="PRIVACY_PIPELINE_POLICIES",
+    envvar=ENV_POLICIES,
     default=packaged_policies,
     show_default="the seed packs",
     help=POLICIES_HELP,
@@ -134,7 +135,7 @@ def policy() -> None:
 @click.argument(
     "path",
     type=click.Path(exists=True, path_type=Path),
-    envvar="PRIVACY_PIPELINE_POLICIES",
+    envvar=ENV_POLICIES,
     default=packaged_policies,
 )
 def policy_check(path: Path) -> None:

@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import click
 
 from privacy_pipeline.demo.traffic import CONTROLLERS, TrafficModel
+from privacy_pipeline.streams.settings import ENV_BOOTSTRAP, ENV_PREFIX, Settings
 
 __all__ = [
     "DemoTraffic",
@@ -77,14 +78,6 @@ START_TIMEOUT = 90.0
 """Seconds to wait for the worker's first micro-batch before producing anyway."""
 SEND_EVERY_S = 0.02
 """The traffic producer's step (and linger)."""
-
-_TOPIC_BY_TYPE = {
-    "customer": "customers",
-    "order": "orders",
-    "click": "clicks",
-    "consent": "consents",
-    "privacy_request": "privacy-requests",
-}
 
 # -- traffic -------------------------------------------------------------------------------
 
@@ -179,8 +172,11 @@ class DemoTraffic:
 
     def _record(self, event: dict[str, Any], kind: str) -> OutRecord:
         from privacy_pipeline.streams.serde import RecordError, event_to_avro
+        from privacy_pipeline.streams.topics import CLICKS, EVENT_SCHEMAS, input_topic
 
-        topic = _TOPIC_BY_TYPE.get(str(event.get("type")), "clicks")
+        # The model's malformed events may have any type: they go where clicks go.
+        kind_of = str(event.get("type"))
+        topic = (input_topic(kind_of) if kind_of in EVENT_SCHEMAS else CLICKS).name
         key = f"{event.get('controller')}:{event.get('subject_id')}".encode()
         try:
             name, record = event_to_avro(event)
@@ -231,17 +227,10 @@ def _producer_main(config: TrafficConfig, counts: Any, go: Any, stop: Any, done:
         if err is not None:
             failed += 1
 
-    producer = Producer(
-        {
-            "bootstrap.servers": config.bootstrap,
-            "partitioner": "murmur2_random",
-            # 20 ms steps, as a busy producer service: in 5 ms steps the embedded broker
-            # spent most of a core on tiny batches at 2k events/s, and every opt-out
-            # waited in its queue (p50 1.3 s; 140 ms with 20 ms steps).
-            "linger.ms": SEND_EVERY_S * 1000,
-            "queue.buffering.max.messages": 500_000,
-        }
-    )
+    # 20 ms steps, as a busy producer service: in 5 ms steps the embedded broker
+    # spent most of a core on tiny batches at 2k events/s, and every opt-out
+    # waited in its queue (p50 1.3 s; 140 ms with 20 ms steps).
+    producer = Producer(Settings().tuning.traffic_producer(config.bootstrap, SEND_EVERY_S * 1000))
     traffic = DemoTraffic(
         config.seed,
         config.rate,
@@ -566,9 +555,9 @@ def _faust_handles_sigterm() -> bool:
 @click.command()
 @click.option(
     "--broker",
-    envvar="KAFKA_BOOTSTRAP_SERVERS",
+    envvar=ENV_BOOTSTRAP,
     metavar="HOST:PORT",
-    help="Kafka bootstrap HOST:PORT (env KAFKA_BOOTSTRAP_SERVERS). Without it, the "
+    help=f"Kafka bootstrap HOST:PORT (env {ENV_BOOTSTRAP}). Without it, the "
     "embedded broker is started (memory only).",
 )
 @click.option(
@@ -579,9 +568,9 @@ def _faust_handles_sigterm() -> bool:
 )
 @click.option(
     "--prefix",
-    envvar="PRIVACY_PIPELINE_TOPIC_PREFIX",
+    envvar=ENV_PREFIX,
     default="",
-    help="Prefix for every topic name (env PRIVACY_PIPELINE_TOPIC_PREFIX).",
+    help=f"Prefix for every topic name (env {ENV_PREFIX}).",
 )
 @click.option(
     "--metrics-port", type=int, default=9108, show_default=True, help="Prometheus metrics port."
@@ -649,7 +638,8 @@ def demo(
     )
     from privacy_pipeline.processors.policy import load_packs, packaged_policies
     from privacy_pipeline.streams.metrics import PipelineMetrics, make_registry, serve_metrics
-    from privacy_pipeline.streams.topics import TopicError, ensure_topics, topic_specs
+    from privacy_pipeline.streams.topic_admin import TopicError, ensure_topics
+    from privacy_pipeline.streams.topics import ERASURE_COMMANDS, topic_specs
     from privacy_pipeline.streams.worker import WorkerConfig, run_worker
 
     started = time.monotonic()
@@ -683,8 +673,7 @@ def demo(
                 "events (--max-events)"
             )
         config = WorkerConfig(
-            bootstrap=broker,
-            prefix=prefix,
+            Settings(bootstrap=broker, prefix=prefix),
             partitions=partitions,
             app_id="privacy-pipeline-demo",
         )
@@ -694,7 +683,7 @@ def demo(
             raise click.ClickException(str(exc)) from None
         _echo(f"demo: metrics at {server.url}")
         _echo(
-            f"demo: look at the topics with: privacy-pipeline tail {prefix}erasure-commands "
+            f"demo: look at the topics with: privacy-pipeline tail {ERASURE_COMMANDS.name} "
             f"--broker {broker}" + (f" --prefix {prefix}" if prefix else "")
         )
         _echo(

@@ -19,9 +19,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import IO, Any
 
 from confluent_kafka.admin import AdminClient
@@ -29,25 +29,11 @@ from confluent_kafka.admin import AdminClient
 __all__ = [
     "BrokerStartError",
     "EmbeddedBroker",
-    "RECOMMENDED_CONSUMER_CONFIG",
-    "RECOMMENDED_PRODUCER_CONFIG",
     "broker_binary",
     "free_port",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Producer settings every producer of the pipeline uses: murmur2 placement of
-#: keys, the same as faust/aiokafka and the Java client (confluent-kafka's own
-#: default, ``consistent_random``, hashes with CRC32 and places keys elsewhere).
-RECOMMENDED_PRODUCER_CONFIG: Mapping[str, Any] = MappingProxyType({"partitioner": "murmur2_random"})
-
-#: Consumer settings that suit the embedded broker: a first group join takes
-#: about half the session timeout, and very short fetch waits can stall on
-#: topics of tiny batches.
-RECOMMENDED_CONSUMER_CONFIG: Mapping[str, Any] = MappingProxyType(
-    {"session.timeout.ms": 10000, "fetch.wait.max.ms": 100}
-)
 
 _PROBE_INTERVAL_S = 0.02
 _START_ATTEMPTS_ON_FREE_PORT = 3

@@ -26,7 +26,6 @@ from privacy_pipeline.processors.state import MICROSECOND, SubjectState
 
 from .metrics import PipelineMetrics
 from .records import (
-    TAGGED_TOPIC,
     audit_record,
     erasure_command,
     subject_partition,
@@ -34,9 +33,11 @@ from .records import (
     wall_instant,
 )
 from .serde import AvroSerde, RecordError
+from .topics import AUDIT, DEAD_LETTERS, ERASURE_COMMANDS, TAGGED_CLICKS, TAGGED_TOPIC
 
 log = logging.getLogger(__name__)
 
+TAGGED_SCHEMA = TAGGED_CLICKS.value_schema  # every tagged-* topic carries TaggedRecord
 CLOCK_KEY = "__clock__"
 CHANGELOG_RECORD_BYTES = 256 * 1024
 OFFSET_KEY = "__offset__"
@@ -89,6 +90,11 @@ class EnforceCore:
         self.states = states
         self.partitions = partitions
         self.prefix = prefix
+        # Real topic names, worked out once: _emit runs for every decision.
+        self._tagged_topics = {kind: prefix + name for kind, name in TAGGED_TOPIC.items()}
+        self._commands_topic = ERASURE_COMMANDS.named(prefix)
+        self._audit_topic = AUDIT.named(prefix)
+        self._dead_letters_topic = DEAD_LETTERS.named(prefix)
         self.metrics = metrics
         self.wall_clock = wall_clock
         self.refetch = refetch
@@ -322,23 +328,21 @@ class EnforceCore:
     def _emit(self, decisions: list[tuple[Decision, dict[str, Any] | None, str | None]]) -> None:
         send = self.outputs.send
         encode = self.serde.encode
-        prefix = self.prefix
+        tagged_topics = self._tagged_topics
         at = wall_instant(self.wall_clock())
         for decision, record, event_type in decisions:
             kind = decision["decision"]
             key = f"{decision['controller']}:{decision['subject_id']}".encode()
             version = self.enforcer.policy(decision["controller"]).version
             if kind == "tag" and record is not None and event_type is not None:
-                value = encode("TaggedRecord", tagged_record(decision, event_type, record, version))
-                send(prefix + TAGGED_TOPIC[event_type], key, value)
+                topic = tagged_topics[event_type]
+                value = encode(TAGGED_SCHEMA, tagged_record(decision, event_type, record, version))
+                send(topic, key, value)
                 continue
             if kind == "erasure":
-                send(
-                    prefix + "erasure-commands",
-                    key,
-                    encode("ErasureCommand", erasure_command(decision, version)),
-                )
-            send(prefix + "audit", key, encode("AuditRecord", audit_record(decision, at)))
+                command = erasure_command(decision, version)
+                send(self._commands_topic, key, encode(ERASURE_COMMANDS.value_schema, command))
+            send(self._audit_topic, key, encode(AUDIT.value_schema, audit_record(decision, at)))
 
     def _dead_letter(self, item: dict[str, Any], error: str) -> None:
         # Ingest validated this item; it can only fail here if the packs changed since.
@@ -352,8 +356,8 @@ class EnforceCore:
             "at": wall_instant(self.wall_clock()),
             "key": item["key"].encode(),
         }
-        value = self.serde.encode("DeadLetter", record)
-        self.outputs.send(self.prefix + "dead-letters", None, value)
+        value = self.serde.encode(DEAD_LETTERS.value_schema, record)
+        self.outputs.send(self._dead_letters_topic, None, value)
         if self.metrics is not None:
             self.metrics.observe_dead_letter(item["source_topic"], "invalid_event")
 

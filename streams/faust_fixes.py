@@ -29,16 +29,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .settings import ClientTuning
+
 log = logging.getLogger(__name__)
 
-FETCH_MAX_WAIT_MS = 30
-"""The enforce consumer's fetch wait (100 ms is as low as the embedded broker handles well)."""
+DEFAULT_FETCH_WAIT_MS = ClientTuning().enforce_fetch_wait_ms
 
 _MARK = "_privacy_pipeline_fixed"
+_fetch_wait_ms = DEFAULT_FETCH_WAIT_MS
 
 
-def install() -> None:
-    """Install the three fixes (idempotent)."""
+def install(fetch_wait_ms: int = DEFAULT_FETCH_WAIT_MS) -> None:
+    """Install the three fixes (idempotent); the enforce consumer waits *fetch_wait_ms*."""
+    global _fetch_wait_ms
+    _fetch_wait_ms = fetch_wait_ms
     _fetch_wait()
     _resume_keeps_live_queues()
     _fetch_snapshot_of_active_partitions()
@@ -54,7 +58,7 @@ def _fetch_wait() -> None:
 
     def create(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        consumer._fetch_max_wait_ms = _fetch_wait_ms
         return consumer
 
     setattr(create, _MARK, True)

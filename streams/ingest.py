@@ -24,19 +24,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from privacy_pipeline.processors.events import EventError, parse_event
 
 from .records import subject_partition, wall_instant
-from .serde import EVENT_SCHEMAS, AvroSerde, RecordError
+from .serde import AvroSerde, RecordError
+from .settings import ClientTuning
 from .subject_batch import SubjectBatchWriter, SubjectEntry
-from .topics import INPUT_TOPICS
+from .topics import DEAD_LETTERS, INPUT_TOPICS, SUBJECT_LOG, topic_schema
 
 log = logging.getLogger(__name__)
-
-_TOPIC_TYPE = {
-    "customers": "customer",
-    "orders": "order",
-    "clicks": "click",
-    "consents": "consent",
-    "privacy-requests": "privacy_request",
-}
 
 
 @dataclass
@@ -72,6 +65,7 @@ class Ingest:
         batch_size: int = 2000,
         commit_interval: float = 0.5,
         serde: AvroSerde | None = None,
+        tuning: ClientTuning | None = None,
         wall_clock: Callable[[], float] = time.time,
         on_dead_letter: Callable[[str, str], None] | None = None,
         on_event: Callable[[str, str, str], None] | None = None,
@@ -93,34 +87,11 @@ class Ingest:
         self._last_commit = 0.0
         self._uncommitted = False
         self._failed: list[str] = []
-        self.subject_log = prefix + "subject-log"
-        self.dead_letters = prefix + "dead-letters"
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                # The embedded broker assigns partitions about half a session timeout after
-                # a join: 6 s (Kafka's minimum) makes that 3 s instead of 5 s.
-                "session.timeout.ms": 6000,
-                "heartbeat.interval.ms": 1000,
-                # Opt-outs must be in force within 100 ms: don't let an idle fetch sit long.
-                "fetch.wait.max.ms": 30,
-            }
-        )
-        self.producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "partitioner": "murmur2_random",
-                # One micro-batch per Kafka record batch. With several records in one
-                # batch, faust's consumer (aiokafka) on the embedded broker was seen to
-                # skip all but the first of them; a micro-batch is big enough alone.
-                "linger.ms": 0,
-                "batch.num.messages": 1,
-                "message.max.bytes": 8_000_000,
-            }
-        )
+        self.subject_log = SUBJECT_LOG.named(prefix)
+        self.dead_letters = DEAD_LETTERS.named(prefix)
+        tuning = tuning or ClientTuning()
+        self.consumer = Consumer(tuning.ingest_consumer(bootstrap, group_id))
+        self.producer = Producer(tuning.subject_log_producer(bootstrap))
         # Ticks start once the input partitions are ours: a tick in the subject log then
         # means ingest is live (the demo waits for the first micro-batch before producing).
         self.assigned = False
@@ -225,7 +196,7 @@ class Ingest:
             if value is None:
                 raise RecordError("undecodable", "record has no value")
             name, record = self.serde.decode(value)
-            expected = EVENT_SCHEMAS.get(_TOPIC_TYPE.get(contract, ""), "")
+            expected = topic_schema(contract) if contract in INPUT_TOPICS else ""
             if name != expected:
                 raise RecordError("wrong_schema", f"a {name} record does not belong on {contract}")
             event = parse_event(record)  # Avro's None fields read as absent
@@ -269,7 +240,7 @@ class Ingest:
         }
         self.producer.produce(
             self.dead_letters,
-            self.serde.encode("DeadLetter", record),
+            self.serde.encode(DEAD_LETTERS.value_schema, record),
             key=msg.key(),
             on_delivery=self._delivered,
         )

@@ -12,8 +12,6 @@ from aiokafka.partitioner import murmur2
 
 from privacy_pipeline.processors.instants import format_instant
 
-TAGGED_TOPIC = {"customer": "tagged-customers", "order": "tagged-orders", "click": "tagged-clicks"}
-
 
 @lru_cache(maxsize=200_000)
 def subject_partition(key: str, partitions: int) -> int:

@@ -46,17 +46,16 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from .topics import EVENT_SCHEMAS
+
 __all__ = [
     "DEFAULT_SCHEMA_DIR",
-    "EVENT_SCHEMAS",
     "MAGIC",
     "NAMESPACE",
-    "TOPIC_SCHEMAS",
     "AvroSerde",
     "RecordError",
     "avro_to_event",
     "event_to_avro",
-    "topic_schema",
 ]
 
 NAMESPACE: Final = "privacy_pipeline"
@@ -66,33 +65,6 @@ DEFAULT_SCHEMA_DIR: Final = Path(
 """The Avro schemas shipped with the package."""
 MAGIC: Final = b"\xc3\x01"
 _HEADER_SIZE: Final = 10
-
-EVENT_SCHEMAS: Final[dict[str, str]] = {
-    "customer": "CustomerEvent",
-    "order": "OrderEvent",
-    "click": "ClickEvent",
-    "consent": "ConsentEvent",
-    "privacy_request": "PrivacyRequest",
-}
-"""Input event ``type`` -> Avro record name."""
-
-TOPIC_SCHEMAS: Final[dict[str, str]] = {
-    "customers": "CustomerEvent",
-    "orders": "OrderEvent",
-    "clicks": "ClickEvent",
-    "consents": "ConsentEvent",
-    "privacy-requests": "PrivacyRequest",
-    "subject-log": "SubjectBatch",
-    "tagged-customers": "TaggedRecord",
-    "tagged-orders": "TaggedRecord",
-    "tagged-clicks": "TaggedRecord",
-    "erasure-commands": "ErasureCommand",
-    "erasure-acks": "ErasureAck",
-    "audit": "AuditRecord",
-    "dead-letters": "DeadLetter",
-    "ticks": "Tick",
-}
-"""Contract topic name (without prefix) -> value schema name."""
 
 _PRIMITIVES: Final = frozenset(
     {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -119,15 +91,6 @@ class RecordError(Exception):
         if field is not None:
             text += f" (field '{field}')"
         super().__init__(text)
-
-
-def topic_schema(topic: str, prefix: str = "") -> str:
-    """The value schema of a contract topic, given its (optionally prefixed) name."""
-    name = topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
-    try:
-        return TOPIC_SCHEMAS[name]
-    except KeyError:
-        raise KeyError(f"no schema for topic {topic!r}") from None
 
 
 # --------------------------------------------------------------------------- loading

@@ -14,6 +14,8 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from .settings import ClientTuning
+
 log = logging.getLogger(__name__)
 
 
@@ -24,24 +26,24 @@ class RefetchError(RuntimeError):
 class SubjectLogReader:
     """Reads `[start, end)` of one subject-log partition (thread-confined: one caller)."""
 
-    def __init__(self, bootstrap: str, topic: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        timeout: float = 30.0,
+        tuning: ClientTuning | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.tuning = tuning or ClientTuning()
         self.topic = topic
         self.timeout = timeout
         self._consumer: Consumer | None = None
 
     def _open(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer(
-                {
-                    "bootstrap.servers": self.bootstrap,
-                    # Assigned by hand and never committed: the group id is only required.
-                    "group.id": f"{self.topic}-refetch",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 100,
-                }
-            )
+            # Assigned by hand and never committed: the group id is only required.
+            config = self.tuning.reader_consumer(self.bootstrap, f"{self.topic}-refetch")
+            self._consumer = Consumer(config)
         return self._consumer
 
     def read(self, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:

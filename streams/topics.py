@@ -1,22 +1,19 @@
-"""Every topic of the pipeline and its settings, declared once.
+"""Every topic of the pipeline, declared once: its name, what it carries, its settings.
 
-Topic names are a **contract** (see the design's "Flow"); a deployment may
-prepend a prefix. Every subject topic is keyed by ``controller:subject_id`` and
-all topics have the same partition count, so they are co-partitioned. faust
-creates its own table changelogs; they are not declared here.
+Topic names are a **contract** (design.md, "Flow"); a deployment may prepend a prefix.
+Every subject topic is keyed by ``controller:subject_id`` and all topics get the same
+partition count, so they are co-partitioned. Input topics also name the event ``type``
+they carry, the Avro schema of that type, and their tagged counterpart: this module is
+the only place those pairings are written down. faust's state changelog is declared by
+the worker (its name follows faust's app id). Creating topics on a broker is
+:mod:`privacy_pipeline.streams.topic_admin`'s job; this module is data only.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from typing import Final
 
 __all__ = [
     "AUDIT",
@@ -27,6 +24,7 @@ __all__ = [
     "DEFAULT_PARTITIONS",
     "ERASURE_ACKS",
     "ERASURE_COMMANDS",
+    "EVENT_SCHEMAS",
     "INPUT_TOPICS",
     "ORDERS",
     "OUTPUT_TOPICS",
@@ -35,55 +33,146 @@ __all__ = [
     "TAGGED_CLICKS",
     "TAGGED_CUSTOMERS",
     "TAGGED_ORDERS",
-    "TopicError",
+    "TAGGED_TOPIC",
+    "TOPICS",
+    "Topic",
     "TopicSpec",
-    "ensure_topics",
+    "input_topic",
     "topic_names",
+    "topic_schema",
     "topic_specs",
 ]
 
-log = logging.getLogger(__name__)
+DEFAULT_PARTITIONS: Final = 4
 
-DEFAULT_PARTITIONS = 4
-
-# Contract names (without prefix).
-CUSTOMERS = "customers"
-ORDERS = "orders"
-CLICKS = "clicks"
-CONSENTS = "consents"
-PRIVACY_REQUESTS = "privacy-requests"
-ERASURE_COMMANDS = "erasure-commands"
-ERASURE_ACKS = "erasure-acks"
-AUDIT = "audit"
-DEAD_LETTERS = "dead-letters"
-TAGGED_CUSTOMERS = "tagged-customers"
-TAGGED_ORDERS = "tagged-orders"
-TAGGED_CLICKS = "tagged-clicks"
-SUBJECT_LOG = "subject-log"  # internal: ingest -> enforce micro-batches
-
-INPUT_TOPICS = (CUSTOMERS, ORDERS, CLICKS, CONSENTS, PRIVACY_REQUESTS)
-OUTPUT_TOPICS = (
-    ERASURE_COMMANDS,
-    ERASURE_ACKS,
-    AUDIT,
-    DEAD_LETTERS,
-    TAGGED_CUSTOMERS,
-    TAGGED_ORDERS,
-    TAGGED_CLICKS,
-)
-
-_DAY_MS = 24 * 60 * 60 * 1000
+_DAY_MS: Final = 24 * 60 * 60 * 1000
 _LEGAL_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _MAX_TOPIC_NAME = 249
 
 
-class TopicError(RuntimeError):
-    """A topic could not be created, or exists with other settings."""
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """One contract topic: unprefixed name, value schema, retention, and for inputs the
+    event type it carries and the topic its tagged records go to."""
+
+    name: str
+    value_schema: str
+    retention_ms: int
+    doc: str
+    event_type: str | None = None
+    tagged: Topic | None = None
+    internal: bool = False  # only the pipeline itself reads it
+    compacted: bool = False
+
+    def named(self, prefix: str) -> str:
+        """The real topic name under a deployment's *prefix*."""
+        return prefix + self.name
+
+
+# ---------------------------------------------------------------------- the contract
+
+TAGGED_CUSTOMERS: Final = Topic(
+    "tagged-customers", "TaggedRecord", 7 * _DAY_MS, "customer records with purposes"
+)
+TAGGED_ORDERS: Final = Topic(
+    "tagged-orders", "TaggedRecord", 7 * _DAY_MS, "order records with purposes"
+)
+TAGGED_CLICKS: Final = Topic(
+    "tagged-clicks", "TaggedRecord", 7 * _DAY_MS, "click records with purposes"
+)
+
+# Inputs hold plaintext that producers wrote: a short retention (design.md).
+CUSTOMERS: Final = Topic(
+    "customers", "CustomerEvent", 7 * _DAY_MS, "person records from producer services",
+    event_type="customer", tagged=TAGGED_CUSTOMERS,
+)  # fmt: skip
+ORDERS: Final = Topic(
+    "orders", "OrderEvent", 7 * _DAY_MS, "purchases, invoices, deliveries, returns",
+    event_type="order", tagged=TAGGED_ORDERS,
+)  # fmt: skip
+CLICKS: Final = Topic(
+    "clicks", "ClickEvent", 7 * _DAY_MS, "web and app usage",
+    event_type="click", tagged=TAGGED_CLICKS,
+)  # fmt: skip
+CONSENTS: Final = Topic(
+    "consents", "ConsentEvent", 7 * _DAY_MS, "consent grants, withdrawals, objections",
+    event_type="consent",
+)  # fmt: skip
+PRIVACY_REQUESTS: Final = Topic(
+    "privacy-requests", "PrivacyRequest", 30 * _DAY_MS, "verified data-subject requests",
+    event_type="privacy_request",
+)  # fmt: skip
+
+SUBJECT_LOG: Final = Topic(
+    "subject-log", "SubjectBatch", 7 * _DAY_MS, "micro-batches of events and ticks",
+    internal=True,
+)  # fmt: skip
+ERASURE_COMMANDS: Final = Topic(
+    "erasure-commands", "ErasureCommand", 30 * _DAY_MS, "erase/anonymise/restrict"
+)
+ERASURE_ACKS: Final = Topic(
+    "erasure-acks", "ErasureAck", 30 * _DAY_MS, "acknowledgements from targets"
+)
+AUDIT: Final = Topic("audit", "AuditRecord", 365 * _DAY_MS, "every decision, replayable")
+DEAD_LETTERS: Final = Topic(
+    "dead-letters", "DeadLetter", 14 * _DAY_MS, "bad input with reason and origin"
+)
+
+TOPICS: Final[tuple[Topic, ...]] = (
+    CUSTOMERS,
+    ORDERS,
+    CLICKS,
+    CONSENTS,
+    PRIVACY_REQUESTS,
+    SUBJECT_LOG,
+    TAGGED_CUSTOMERS,
+    TAGGED_ORDERS,
+    TAGGED_CLICKS,
+    ERASURE_COMMANDS,
+    ERASURE_ACKS,
+    AUDIT,
+    DEAD_LETTERS,
+)
+"""Every topic, in the order they are created."""
+
+_INPUTS: Final = tuple(t for t in TOPICS if t.event_type is not None)
+INPUT_TOPICS: Final[tuple[str, ...]] = tuple(t.name for t in _INPUTS)
+OUTPUT_TOPICS: Final[tuple[str, ...]] = tuple(
+    t.name for t in TOPICS if t.event_type is None and not t.internal
+)
+
+EVENT_SCHEMAS: Final[dict[str, str]] = {str(t.event_type): t.value_schema for t in _INPUTS}
+"""Input event ``type`` -> Avro record name."""
+
+TAGGED_TOPIC: Final[dict[str, str]] = {
+    str(t.event_type): t.tagged.name for t in _INPUTS if t.tagged is not None
+}
+"""Input event ``type`` -> the contract name of the topic its tagged records go to."""
+
+_BY_NAME: Final = {t.name: t for t in TOPICS}
+_BY_EVENT_TYPE: Final = {str(t.event_type): t for t in _INPUTS}
+
+
+def input_topic(event_type: str) -> Topic:
+    """The input topic that carries events of *event_type* (KeyError for an unknown type)."""
+    return _BY_EVENT_TYPE[event_type]
+
+
+def topic_schema(topic: str, prefix: str = "") -> str:
+    """The value schema of a contract topic, given its (optionally prefixed) name."""
+    name = topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
+    try:
+        return _BY_NAME[name].value_schema
+    except KeyError:
+        raise KeyError(f"no schema for topic {topic!r}") from None
+
+
+# ------------------------------------------------------------------- as deployed
 
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """One topic: its (possibly prefixed) name, partitions, retention and schemas."""
+    """One topic as deployed: its (possibly prefixed) name, partitions, retention, schema."""
 
     name: str
     partitions: int
@@ -114,120 +203,23 @@ class TopicSpec:
         }
 
 
-# Each topic's settings, declared once. Partition counts come from
-# ``topic_specs(partitions=...)`` so that all topics stay co-partitioned.
-_TOPICS: tuple[tuple[str, int, str, str, bool], ...] = (
-    # name, retention (ms), value schema, doc, internal
-    (CUSTOMERS, 7 * _DAY_MS, "CustomerEvent", "person records from producer services", False),
-    (ORDERS, 7 * _DAY_MS, "OrderEvent", "purchases, invoices, deliveries, returns", False),
-    (CLICKS, 7 * _DAY_MS, "ClickEvent", "web and app usage", False),
-    (CONSENTS, 7 * _DAY_MS, "ConsentEvent", "consent grants, withdrawals, objections", False),
-    (PRIVACY_REQUESTS, 30 * _DAY_MS, "PrivacyRequest", "verified data-subject requests", False),
-    (SUBJECT_LOG, 7 * _DAY_MS, "SubjectBatch", "micro-batches of events and ticks", True),
-    (TAGGED_CUSTOMERS, 7 * _DAY_MS, "TaggedRecord", "customer records with purposes", False),
-    (TAGGED_ORDERS, 7 * _DAY_MS, "TaggedRecord", "order records with purposes", False),
-    (TAGGED_CLICKS, 7 * _DAY_MS, "TaggedRecord", "click records with purposes", False),
-    (ERASURE_COMMANDS, 30 * _DAY_MS, "ErasureCommand", "erase/anonymise/restrict", False),
-    (ERASURE_ACKS, 30 * _DAY_MS, "ErasureAck", "acknowledgements from targets", False),
-    (AUDIT, 365 * _DAY_MS, "AuditRecord", "every decision, replayable", False),
-    (DEAD_LETTERS, 14 * _DAY_MS, "DeadLetter", "bad input with reason and origin", False),
-)
-
-
 def topic_specs(prefix: str = "", partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
     """Return every pipeline topic, names prefixed with *prefix*, each with *partitions*."""
     return [
         TopicSpec(
-            name=f"{prefix}{name}",
+            name=t.named(prefix),
             partitions=partitions,
-            retention_ms=retention_ms,
-            value_schema=value_schema,
-            doc=doc,
-            contract_name=name,
-            internal=internal,
+            retention_ms=t.retention_ms,
+            value_schema=t.value_schema,
+            compacted=t.compacted,
+            doc=t.doc,
+            contract_name=t.name,
+            internal=t.internal,
         )
-        for name, retention_ms, value_schema, doc, internal in _TOPICS
+        for t in TOPICS
     ]
 
 
 def topic_names(prefix: str = "") -> dict[str, str]:
     """Map each contract name to its real (prefixed) topic name."""
-    return {spec.contract_name: spec.name for spec in topic_specs(prefix)}
-
-
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30) -> None:
-    """Create the missing topics of *specs* and wait until metadata shows them all.
-
-    Existing topics are left alone, but one with another partition count is an
-    error (:class:`TopicError`), as is not seeing every topic within *timeout*.
-    """
-    wanted = list(specs)
-    if not wanted:
-        return
-    deadline = time.monotonic() + timeout
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log}
-    admin = AdminClient(conf)
-    existing = _partition_counts(admin, deadline)
-    _check_partitions(wanted, existing)
-    missing = [spec for spec in wanted if spec.name not in existing]
-    if missing:
-        _create(admin, missing, deadline)
-    while True:
-        existing = _partition_counts(admin, deadline)
-        pending = [spec.name for spec in wanted if existing.get(spec.name, 0) != spec.partitions]
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            _check_partitions(wanted, existing)
-            raise TopicError(f"topics not visible on {bootstrap} after {timeout} s: {pending}")
-        time.sleep(0.05)
-
-
-def _create(admin: AdminClient, specs: Sequence[TopicSpec], deadline: float) -> None:
-    """Create *specs*, tolerating topics that another client created meanwhile."""
-    new = [
-        NewTopic(spec.name, num_partitions=spec.partitions, config=spec.config()) for spec in specs
-    ]
-    futures = admin.create_topics(
-        new, operation_timeout=_remaining(deadline), request_timeout=_remaining(deadline)
-    )
-    for name, future in futures.items():
-        try:
-            future.result(timeout=_remaining(deadline))
-            log.info("created topic %s", name)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                log.debug("topic %s already exists", name)
-                continue
-            raise TopicError(f"cannot create topic {name}: {error}") from exc
-
-
-def _partition_counts(admin: AdminClient, deadline: float) -> dict[str, int]:
-    """Return {topic: partition count} as the cluster metadata shows it now."""
-    try:
-        metadata = admin.list_topics(timeout=_remaining(deadline))
-    except KafkaException as exc:
-        raise TopicError(f"cannot read cluster metadata: {exc.args[0]}") from exc
-    return {
-        name: len(topic.partitions)
-        for name, topic in metadata.topics.items()
-        if topic.error is None
-    }
-
-
-def _check_partitions(specs: Iterable[TopicSpec], existing: dict[str, int]) -> None:
-    """Raise if an existing topic has another partition count than declared."""
-    wrong = {
-        spec.name: (existing[spec.name], spec.partitions)
-        for spec in specs
-        if spec.name in existing and existing[spec.name] != spec.partitions
-    }
-    if wrong:
-        detail = ", ".join(f"{n} has {has} (want {want})" for n, (has, want) in wrong.items())
-        raise TopicError(f"topics exist with another partition count: {detail}")
-
-
-def _remaining(deadline: float) -> float:
-    """Seconds left until *deadline*, at least a small positive amount."""
-    return max(deadline - time.monotonic(), 0.1)
+    return {t.name: t.named(prefix) for t in TOPICS}

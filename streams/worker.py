@@ -47,8 +47,10 @@ from .enforce import EnforceCore, Group, decode_changelog
 from .metrics import PipelineMetrics
 from .outputs import GroupAck, ProducerOutputs
 from .serde import AvroSerde
+from .settings import Settings
 from .subject_log import SubjectLogReader
-from .topics import TopicSpec, ensure_topics, topic_specs
+from .topic_admin import ensure_topics
+from .topics import SUBJECT_LOG, TopicSpec, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +78,23 @@ STATE_TABLE = "subject-state"
 class WorkerConfig:
     """Settings of one live worker."""
 
-    bootstrap: str
-    prefix: str = ""
+    settings: Settings
     partitions: int = 4
     app_id: str = "privacy-pipeline"
     policies: Path = field(default_factory=packaged_policies)
     tick_interval: float = 1.0
     ingest: bool = True
     datadir: Path | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """The broker's address (the settings must name one)."""
+        return self.settings.broker
+
+    @property
+    def prefix(self) -> str:
+        """The topic name prefix."""
+        return self.settings.prefix
 
     @property
     def full_app_id(self) -> str:
@@ -162,10 +173,11 @@ def prepare(config: WorkerConfig) -> None:
     specs = [
         spec
         for spec in [*topic_specs(config.prefix, config.partitions), changelog_spec(config)]
-        if spec.internal or spec.contract_name == "subject-log" or spec.name not in existing
+        if spec.internal or spec.contract_name == SUBJECT_LOG.name or spec.name not in existing
     ]
     ensure_topics(config.bootstrap, specs)
-    producer = Producer({"bootstrap.servers": config.bootstrap, "linger.ms": 0})
+    # One record per producer batch: the end offset is then exact (see flush below).
+    producer = Producer(config.settings.tuning.producer(config.bootstrap, **{"linger.ms": 0}))
     for partition in range(config.partitions):
         producer.produce(config.changelog_topic, b"", key=FENCE_KEY, partition=partition)
         producer.flush(30)  # one record per producer batch: the end offset is then exact
@@ -175,7 +187,8 @@ def build_app(
     config: WorkerConfig, metrics: PipelineMetrics | None = None
 ) -> tuple[faust.App, SubjectStateTable, EnforceCore]:
     """The faust app with its subject-log agent and state table."""
-    faust_fixes.install()
+    tuning = config.settings.tuning
+    faust_fixes.install(fetch_wait_ms=tuning.enforce_fetch_wait_ms)
     # faust wants a data folder even with in-memory tables; a temporary one goes with us.
     datadir = config.datadir or Path(_scratch.name)
     app = faust.App(
@@ -186,16 +199,14 @@ def build_app(
         topic_partitions=config.partitions,
         topic_replication_factor=1,
         web_enabled=False,
-        broker_session_timeout=10,
-        broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
-        producer_linger=0.002,
+        **tuning.faust_app(),
     )
     subject_log = app.topic(
-        config.prefix + "subject-log",
+        SUBJECT_LOG.named(config.prefix),
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -228,12 +239,14 @@ def build_app(
     core = EnforceCore(
         enforcer,
         AvroSerde(),
-        ProducerOutputs(config.bootstrap),
+        ProducerOutputs(config.bootstrap, tuning=tuning),
         states={},
         partitions=config.partitions,
         prefix=config.prefix,
         metrics=metrics,
-        refetch=SubjectLogReader(config.bootstrap, config.prefix + "subject-log").read,
+        refetch=SubjectLogReader(
+            config.bootstrap, SUBJECT_LOG.named(config.prefix), tuning=tuning
+        ).read,
     )
     table.core = core
 
@@ -319,6 +332,7 @@ def _ingest_main(
         prefix=config.prefix,
         group_id=f"{config.full_app_id}-ingest",
         tick_interval=config.tick_interval,
+        tuning=config.settings.tuning,
         on_dead_letter=dead,
         on_event=event,
     )

@@ -22,7 +22,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker, free_port
-from privacy_pipeline.streams.topics import ensure_topics, topic_specs
+from privacy_pipeline.streams.topic_admin import ensure_topics
+from privacy_pipeline.streams.topics import topic_specs
 
 BROKER_ENV = "PRIVACY_PIPELINE_TEST_BROKER"
 PORTS_ENV = "PRIVACY_PIPELINE_TEST_PORTS"

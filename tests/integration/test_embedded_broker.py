@@ -12,21 +12,18 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from privacy_pipeline.embedded_broker.launcher import (
-    RECOMMENDED_CONSUMER_CONFIG,
-    RECOMMENDED_PRODUCER_CONFIG,
-    BrokerStartError,
-    EmbeddedBroker,
-)
+from privacy_pipeline.embedded_broker.launcher import BrokerStartError, EmbeddedBroker
+from privacy_pipeline.streams.settings import ClientTuning
+from privacy_pipeline.streams.topic_admin import TopicError, ensure_topics
 from privacy_pipeline.streams.topics import (
     INPUT_TOPICS,
     OUTPUT_TOPICS,
     SUBJECT_LOG,
-    TopicError,
     TopicSpec,
-    ensure_topics,
     topic_specs,
 )
+
+TUNING = ClientTuning()
 
 # Kafka's UtilsTest.testMurmur2 reference vectors (signed 32-bit results).
 JAVA_MURMUR2 = {
@@ -74,10 +71,10 @@ def test_every_contract_topic_is_declared_once() -> None:
     specs = topic_specs("t123-", partitions=6)
     names = [spec.contract_name for spec in specs]
     assert len(names) == len(set(names))
-    assert set(names) == {*INPUT_TOPICS, *OUTPUT_TOPICS, SUBJECT_LOG}
+    assert set(names) == {*INPUT_TOPICS, *OUTPUT_TOPICS, SUBJECT_LOG.name}
     assert all(spec.name == "t123-" + spec.contract_name for spec in specs)
     assert all(spec.partitions == 6 for spec in specs)
-    assert [s.contract_name for s in specs if s.internal] == [SUBJECT_LOG]
+    assert [s.contract_name for s in specs if s.internal] == [SUBJECT_LOG.name]
 
 
 def test_topics_exist_with_explicit_retention(
@@ -105,20 +102,12 @@ def test_ensure_topics_is_idempotent_and_checks_partitions(
 def test_produce_consume_round_trip(broker: str, topics: dict[str, str], group_id: str) -> None:
     topic = topics["customers"]
     sent = {f"rego:{i}".encode(): f"value-{i}".encode() for i in range(50)}
-    producer = Producer({"bootstrap.servers": broker, **RECOMMENDED_PRODUCER_CONFIG})
+    producer = Producer(TUNING.producer(broker))
     for key, value in sent.items():
         producer.produce(topic, key=key, value=value, headers={"h": b"1"})
     assert producer.flush(15) == 0
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": broker,
-            "group.id": group_id,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            **RECOMMENDED_CONSUMER_CONFIG,
-        }
-    )
+    consumer = Consumer(TUNING.reader_consumer(broker, group_id))
     received: dict[bytes, bytes] = {}
     try:
         consumer.subscribe([topic])

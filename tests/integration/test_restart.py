@@ -45,6 +45,7 @@ from worker_process import (
 )
 
 from privacy_pipeline.streams.serde import event_to_avro
+from privacy_pipeline.streams.settings import Settings
 from privacy_pipeline.streams.worker import FENCE_KEY, WorkerConfig, prepare
 
 Event = dict[str, Any]
@@ -280,7 +281,7 @@ def test_kill_9_and_restart_lose_no_opt_out_and_change_no_decision(
     first_subjects = {(e["controller"], e["subject_id"]) for c in [*first, *burst] for e in c}
     assert len(first_subjects) == 200
 
-    changelog = WorkerConfig(bootstrap=broker, prefix=topic_prefix).changelog_topic
+    changelog = WorkerConfig(Settings(bootstrap=broker, prefix=topic_prefix)).changelog_topic
     changelog = changelog.removeprefix(topic_prefix)  # Readers add the prefix
     progress = Progress(readers, changelog)
     make_topics(2)
@@ -428,7 +429,7 @@ def test_the_fence_makes_the_end_of_every_changelog_partition_exact(
     the broker reports the true end of every changelog partition, even when the last
     producer batch before it held several records (which the embedded broker misreports)."""
     make_topics(2)
-    config = WorkerConfig(bootstrap=broker, prefix=topic_prefix, partitions=2)
+    config = WorkerConfig(Settings(bootstrap=broker, prefix=topic_prefix), partitions=2)
     prepare(config)
     producer = Producer({"bootstrap.servers": broker, "linger.ms": 200})
     for partition in (0, 1):

@@ -37,24 +37,17 @@ from privacy_pipeline.embedded_broker.launcher import die_with_parent, free_port
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.policy import load_packs, packaged_policies
 from privacy_pipeline.streams.serde import AvroSerde, RecordError
-from privacy_pipeline.streams.topics import ensure_topics, topic_specs
+from privacy_pipeline.streams.settings import ClientTuning
+from privacy_pipeline.streams.topic_admin import ensure_topics
+from privacy_pipeline.streams.topics import EVENT_SCHEMAS, TAGGED_TOPIC, input_topic, topic_specs
 
 PORTS_ENV = "PRIVACY_PIPELINE_TEST_PORTS"
 READY_MARKERS = ("recovery complete", "Worker ready")
 RECOVERY = re.compile(r"recovery complete: (\d+) changelog records, (\d+) subjects")
-TAGGED_TOPICS = ("tagged-customers", "tagged-orders", "tagged-clicks")
-TAGGED_TOPIC_OF = {
-    "customer": "tagged-customers",
-    "order": "tagged-orders",
-    "click": "tagged-clicks",
-}
-INPUT_TOPIC_OF = {
-    "customer": "customers",
-    "order": "orders",
-    "click": "clicks",
-    "consent": "consents",
-    "privacy_request": "privacy-requests",
-}
+TAGGED_TOPICS = tuple(TAGGED_TOPIC.values())
+TAGGED_TOPIC_OF = TAGGED_TOPIC
+INPUT_TOPIC_OF = {kind: input_topic(kind).name for kind in EVENT_SCHEMAS}
+TUNING = ClientTuning()
 
 SERDE = AvroSerde()
 
@@ -386,16 +379,7 @@ class TopicReader:
     def __init__(self, broker: str, topic: str) -> None:
         self.topic = topic
         self.records: list[Record] = []
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": broker,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 100,
-                "session.timeout.ms": 10000,
-            }
-        )
+        self.consumer = Consumer(TUNING.reader_consumer(broker, f"reader-{uuid.uuid4().hex[:8]}"))
         metadata = self.consumer.list_topics(topic, timeout=10).topics[topic]
         assert metadata.error is None and metadata.partitions, f"topic {topic} not found"
         self.consumer.assign(
@@ -492,7 +476,7 @@ def send_raw(
     """Produce (key, value) pairs as they are; the (partition, offset) of each, in order."""
     where: dict[int, tuple[int, int]] = {}
     errors: list[str] = []
-    producer = Producer({"bootstrap.servers": broker, "partitioner": "murmur2_random"})
+    producer = Producer(TUNING.producer(broker))
     items = list(records)
     for i, (key, value) in enumerate(items):
 

@@ -16,7 +16,7 @@ from privacy_pipeline.streams.outputs import GroupAck, ProducerOutputs
 @pytest.fixture
 def outputs() -> Iterator[ProducerOutputs]:
     # Nothing listens there: no record is ever sent (and its connection errors are muted).
-    out = ProducerOutputs("127.0.0.1:9", settings={"log_level": 0})
+    out = ProducerOutputs("127.0.0.1:9", overrides={"log_level": 0})
     yield out
     out._stopped.set()
 

@@ -10,7 +10,6 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from privacy_pipeline.streams.records import (
-    TAGGED_TOPIC,
     audit_record,
     erasure_command,
     subject_partition,
@@ -155,14 +154,6 @@ def test_tagged_record_carries_the_tag_and_the_record() -> None:
     name, decoded = SERDE.decode(SERDE.encode("TaggedRecord", tagged))
     assert name == "TaggedRecord"
     assert decoded == tagged
-
-
-def test_tagged_topics() -> None:
-    assert TAGGED_TOPIC == {
-        "customer": "tagged-customers",
-        "order": "tagged-orders",
-        "click": "tagged-clicks",
-    }
 
 
 # -- erasure_command ------------------------------------------------------------------------
