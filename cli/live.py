@@ -6,33 +6,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import click
 
+from privacy_pipeline.cli.options import broker_option, policies_option, prefix_option
 from privacy_pipeline.embedded_broker.launcher import MEMORY_NOTE
-from privacy_pipeline.processors.policy import packaged_policies
-from privacy_pipeline.streams.settings import ENV_BOOTSTRAP, ENV_POLICIES, ENV_PREFIX, Settings
-
-FC = TypeVar("FC", bound=Callable[..., Any])
-
-BROKER_HELP = f"Kafka bootstrap HOST:PORT (env {ENV_BOOTSTRAP})."
-PREFIX_HELP = f"Prefix for every topic name (env {ENV_PREFIX})."
-
-
-def broker_option(required: bool) -> Callable[[FC], FC]:
-    return click.option(
-        "--broker",
-        envvar=ENV_BOOTSTRAP,
-        required=required,
-        metavar="HOST:PORT",
-        help=BROKER_HELP + ("" if required else " Without it, the embedded broker is started."),
-    )
-
-
-prefix_option = click.option("--prefix", envvar=ENV_PREFIX, default="", help=PREFIX_HELP)
+from privacy_pipeline.streams.settings import Settings
 
 
 @click.command()
@@ -64,14 +45,7 @@ def broker(port: int | None, host: str) -> None:
 @click.option(
     "--partitions", type=int, default=4, show_default=True, help="Subject-log partitions."
 )
-@click.option(
-    "--policies",
-    type=click.Path(exists=True, path_type=Path),
-    envvar=ENV_POLICIES,
-    default=packaged_policies,
-    show_default="the seed packs",
-    help="A policy pack file or a folder of packs.",
-)
+@policies_option
 @click.option(
     "--metrics-port", type=int, default=9108, show_default=True, help="Prometheus metrics port."
 )
@@ -266,10 +240,88 @@ def tail(
         consumer.close()
 
 
-def _demo() -> click.Command:
-    from privacy_pipeline.demo.runner import demo
+@click.command()
+@broker_option(required=False)
+@click.option(
+    "--broker-port",
+    type=int,
+    default=None,
+    help="Port for the embedded broker (default: a free one).",
+)
+@prefix_option
+@click.option(
+    "--metrics-port", type=int, default=9108, show_default=True, help="Prometheus metrics port."
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2000.0,
+    show_default=True,
+    help="Events per second to produce.",
+)
+@click.option(
+    "--max-events",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    help="Stop producing after this many events (the in-memory broker never frees memory); "
+    "the worker keeps running.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop this many seconds after the start (default: run until Ctrl-C).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the traffic.")
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Partitions of every topic.",
+)
+@click.option("--log-level", default="warn", show_default=True, help="crit, error, warn, info.")
+def demo(
+    broker: str | None,
+    broker_port: int | None,
+    prefix: str,
+    metrics_port: int,
+    rate: float,
+    max_events: int,
+    duration: float | None,
+    seed: int,
+    partitions: int,
+    log_level: str,
+) -> None:
+    """Run the whole pipeline on synthetic traffic of the five controllers, with a live summary.
 
-    return demo
+    Starts the embedded broker (unless --broker), the worker, and a producer of realistic
+    events for rego, inrego, rejoin, iret and unnamed004: sign-ups, clicks, orders,
+    consents and their withdrawals, objections and privacy requests, plus a legacy import
+    of 37-40-month-old history (so retention lapses and erasure commands follow) and a
+    few malformed records (dead letters). Every 2 s a summary line on stderr: events/s,
+    decisions, suppressions, erasure commands by reason, dead letters, opt-out latency.
+    No personal data is ever printed; read the topics with `privacy-pipeline tail`.
+
+    \b
+    Example:
+      privacy-pipeline demo --rate 2000 --duration 60
+    """
+    from privacy_pipeline.demo.runner import run_demo
+
+    run_demo(
+        broker=broker,
+        broker_port=broker_port,
+        prefix=prefix,
+        metrics_port=metrics_port,
+        rate=rate,
+        max_events=max_events,
+        duration=duration,
+        seed=seed,
+        partitions=partitions,
+        log_level=log_level,
+    )
 
 
-COMMANDS = [broker, run, _demo(), produce, tail]
+COMMANDS = [broker, run, demo, produce, tail]

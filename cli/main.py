@@ -13,6 +13,7 @@ from typing import IO
 
 import click
 
+from privacy_pipeline.cli.options import policies_option
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.instants import InstantError, parse_instant
 from privacy_pipeline.processors.policy import (
@@ -24,8 +25,6 @@ from privacy_pipeline.processors.policy import (
 )
 from privacy_pipeline.processors.replay import Replay, encode_decision
 from privacy_pipeline.streams.settings import ENV_POLICIES
-
-POLICIES_HELP = "A policy pack file or a folder of packs (default: the five seed packs)."
 
 
 def _parse_until(
@@ -58,14 +57,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--policies",
-    type=click.Path(exists=True, path_type=Path),
-    envvar=ENV_POLICIES,
-    default=packaged_policies,
-    show_default="the seed packs",
-    help=POLICIES_HELP,
-)
+@policies_option
 @click.option(
     "--events",
     type=click.File("rb"),

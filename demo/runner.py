@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import click
 
 from privacy_pipeline.demo.traffic import CONTROLLERS, TrafficModel
-from privacy_pipeline.streams.settings import ENV_BOOTSTRAP, ENV_PREFIX, Settings
+from privacy_pipeline.streams.settings import Settings
 
 __all__ = [
     "DemoTraffic",
@@ -55,7 +55,7 @@ __all__ = [
     "Snapshot",
     "TrafficConfig",
     "bucket_quantile",
-    "demo",
+    "run_demo",
     "format_summary",
     "read_snapshot",
 ]
@@ -552,60 +552,7 @@ def _faust_handles_sigterm() -> bool:
     return callable(handler)
 
 
-@click.command()
-@click.option(
-    "--broker",
-    envvar=ENV_BOOTSTRAP,
-    metavar="HOST:PORT",
-    help=f"Kafka bootstrap HOST:PORT (env {ENV_BOOTSTRAP}). Without it, the "
-    "embedded broker is started (memory only).",
-)
-@click.option(
-    "--broker-port",
-    type=int,
-    default=None,
-    help="Port for the embedded broker (default: a free one).",
-)
-@click.option(
-    "--prefix",
-    envvar=ENV_PREFIX,
-    default="",
-    help=f"Prefix for every topic name (env {ENV_PREFIX}).",
-)
-@click.option(
-    "--metrics-port", type=int, default=9108, show_default=True, help="Prometheus metrics port."
-)
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2000.0,
-    show_default=True,
-    help="Events per second to produce.",
-)
-@click.option(
-    "--max-events",
-    type=click.IntRange(min=1),
-    default=1_000_000,
-    show_default=True,
-    help="Stop producing after this many events (the in-memory broker never frees memory); "
-    "the worker keeps running.",
-)
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Stop this many seconds after the start (default: run until Ctrl-C).",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the traffic.")
-@click.option(
-    "--partitions",
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Partitions of every topic.",
-)
-@click.option("--log-level", default="warn", show_default=True, help="crit, error, warn, info.")
-def demo(
+def run_demo(
     broker: str | None,
     broker_port: int | None,
     prefix: str,
@@ -617,20 +564,7 @@ def demo(
     partitions: int,
     log_level: str,
 ) -> None:
-    """Run the whole pipeline on synthetic traffic of the five controllers, with a live summary.
-
-    Starts the embedded broker (unless --broker), the worker, and a producer of realistic
-    events for rego, inrego, rejoin, iret and unnamed004: sign-ups, clicks, orders,
-    consents and their withdrawals, objections and privacy requests, plus a legacy import
-    of 37-40-month-old history (so retention lapses and erasure commands follow) and a
-    few malformed records (dead letters). Every 2 s a summary line on stderr: events/s,
-    decisions, suppressions, erasure commands by reason, dead letters, opt-out latency.
-    No personal data is ever printed; read the topics with `privacy-pipeline tail`.
-
-    \b
-    Example:
-      privacy-pipeline demo --rate 2000 --duration 60
-    """
+    """Run the demo until Ctrl-C or *duration*: embedded broker, worker, traffic, summary."""
     from privacy_pipeline.embedded_broker.launcher import (
         MEMORY_NOTE,
         BrokerStartError,

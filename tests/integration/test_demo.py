@@ -112,7 +112,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     command = [
         sys.executable,
         "-c",
-        "from privacy_pipeline.demo.runner import demo; demo()",
+        "from privacy_pipeline.cli.live import demo; demo()",
         "--broker-port",
         str(broker_port),
         "--metrics-port",
