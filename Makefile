@@ -13,7 +13,7 @@ PACKAGE_DIRS := $(CODE_DIRS) schemas policies
 # needs a reinstall: the stamp depends on the list of files, rewritten only when it changes.
 FILE_LIST := $(VENV)/.package-files
 
-.PHONY: demo run test lint typecheck unit integration bench bench-evaluate clean
+.PHONY: demo run test lint typecheck wheel-check unit integration bench bench-evaluate clean
 
 $(FILE_LIST): FORCE
 	@mkdir -p $(VENV)
@@ -35,7 +35,7 @@ demo: $(STAMP)          ## live pipeline on the embedded broker with demo traffi
 run: $(STAMP)           ## the live worker alone
 	$(BIN)/privacy-pipeline run
 
-test: lint typecheck    ## everything CI runs
+test: lint typecheck wheel-check    ## everything CI runs
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -44,6 +44,9 @@ lint: $(STAMP)
 # mypy reads the installed tree (build/__editable__…); paths are shown as in the repository.
 typecheck: $(STAMP)
 	$(BIN)/mypy $(addprefix -p privacy_pipeline.,$(CODE_DIRS)) | sed 's#build/__editable__[^/]*/privacy_pipeline/##'
+
+wheel-check: $(STAMP)  ## a built wheel, installed non-editable in a fresh venv, works outside the checkout
+	bash .ci/wheel-check
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration"

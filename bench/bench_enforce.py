@@ -38,23 +38,10 @@ from privacy_pipeline.streams.enforce import EnforceCore
 from privacy_pipeline.streams.records import subject_partition
 from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
 from privacy_pipeline.streams.subject_batch import SubjectBatchWriter, SubjectEntry
+from privacy_pipeline.streams.testing import NullOutputs
+from privacy_pipeline.streams.topics import CLICKS
 
 PARTITIONS = 4
-
-
-class NullOutputs:
-    """Counts what would be sent."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.bytes = 0
-
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self.sent += 1
-        self.bytes += len(value)
-
-    def flush(self) -> None:
-        return None
 
 
 def encoded_inputs(serde: AvroSerde, events: Iterator[dict[str, Any]]) -> list[bytes]:
@@ -89,7 +76,7 @@ def ingest_batches(serde: AvroSerde, values: list[bytes], batch: int) -> list[tu
                 continue
             key = f"{event.controller}:{event.subject_id}"
             entry = SubjectEntry(
-                key, "clicks", 0, offset, now_ms, name, writer.body(value, name, record)
+                key, CLICKS.name, 0, offset, now_ms, name, writer.body(value, name, record)
             )
             items.setdefault(subject_partition(key, PARTITIONS), []).append(
                 (event.occurred_at, entry)

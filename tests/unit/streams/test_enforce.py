@@ -21,6 +21,7 @@ from privacy_pipeline.streams.enforce import CLOCK_KEY, OFFSET_KEY, EnforceCore,
 from privacy_pipeline.streams.metrics import PipelineMetrics
 from privacy_pipeline.streams.records import subject_partition, subject_ref
 from privacy_pipeline.streams.serde import AvroSerde, event_to_avro
+from privacy_pipeline.streams.testing import FakeOutputs
 from tests.conformance.scenarios import click, consent, customer, order, packs, request
 
 SERDE = AvroSerde()
@@ -38,29 +39,6 @@ ANALYTICS_TARGETS = {"web-analytics", "it-service-providers"}
 
 Event = dict[str, Any]
 Decision = dict[str, Any]
-
-
-class FakeOutputs:
-    """Collects what the core sends; remembers how many records preceded each flush."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes]] = []
-        self.flushes: list[int] = []
-
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self.sent.append((topic, key, value))
-
-    def flush(self) -> None:
-        self.flushes.append(len(self.sent))
-
-    def take(self) -> list[tuple[str, bytes | None, str, dict[str, Any]]]:
-        """(topic, key, schema name, decoded value) of everything sent so far; then clear."""
-        out = []
-        for topic, key, value in self.sent:
-            name, record = SERDE.decode(value)
-            out.append((topic, key, name, record))
-        self.sent = []
-        return out
 
 
 # -- builders ------------------------------------------------------------------------------
