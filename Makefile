@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The package's folders (each one subpackage of privacy_pipeline, see pyproject.toml).
-CODE_DIRS    := processors streams cli demo embedded_broker
+CODE_DIRS    := processors streams cli demo embedded_broker sink
 PACKAGE_DIRS := $(CODE_DIRS) schemas policies
 # A strict editable install links each file into build/, so a file added or removed
 # needs a reinstall: the stamp depends on the list of files, rewritten only when it changes.

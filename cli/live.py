@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sys
@@ -11,9 +12,14 @@ from typing import IO, Any
 
 import click
 
-from privacy_pipeline.cli.options import broker_option, policies_option, prefix_option
+from privacy_pipeline.cli.options import (
+    broker_option,
+    policies_option,
+    prefix_option,
+    secrets_option,
+)
 from privacy_pipeline.embedded_broker.launcher import MEMORY_NOTE
-from privacy_pipeline.streams.settings import Settings
+from privacy_pipeline.streams.settings import ENV_METRICS_HOST, Settings
 
 
 @click.command()
@@ -49,10 +55,18 @@ def broker(port: int | None, host: str) -> None:
 @click.option(
     "--metrics-port", type=int, default=9108, show_default=True, help="Prometheus metrics port."
 )
+@click.option(
+    "--metrics-host",
+    envvar=ENV_METRICS_HOST,
+    default="127.0.0.1",
+    show_default=True,
+    help=f"Address of the metrics endpoint; 0.0.0.0 in a container (env {ENV_METRICS_HOST}).",
+)
 @click.option("--app-id", default="privacy-pipeline", show_default=True, help="Consumer group/app.")
 @click.option(
     "--tick-interval", type=float, default=1.0, show_default=True, help="Seconds between ticks."
 )
+@secrets_option
 @click.option("--log-level", default="warn", show_default=True, help="crit, error, warn, info.")
 def run(
     broker: str | None,
@@ -60,8 +74,10 @@ def run(
     partitions: int,
     policies: Path,
     metrics_port: int,
+    metrics_host: str,
     app_id: str,
     tick_interval: float,
+    secrets: Path,
     log_level: str,
 ) -> None:
     """Run the live pipeline worker: ingest, enforce, erasure commands, metrics.
@@ -80,16 +96,17 @@ def run(
         embedded = EmbeddedBroker(own_process_group=True).start()
         broker = embedded.bootstrap
         click.echo(f"started the {MEMORY_NOTE}, at {broker}", err=True)
-    metrics, stop_metrics = _metrics(metrics_port)
+    metrics, stop_metrics = _metrics(metrics_port, metrics_host)
     config = WorkerConfig(
         Settings(bootstrap=broker, prefix=prefix),
         partitions=partitions,
         app_id=app_id,
         policies=policies,
         tick_interval=tick_interval,
+        secrets=secrets,
     )
     click.echo(
-        f"worker: broker {broker}, metrics http://127.0.0.1:{metrics_port}/metrics", err=True
+        f"worker: broker {broker}, metrics http://{metrics_host}:{metrics_port}/metrics", err=True
     )
     try:
         code = run_worker(config, metrics, loglevel=log_level)
@@ -100,12 +117,12 @@ def run(
     sys.exit(code)
 
 
-def _metrics(port: int) -> tuple[Any, Any]:
+def _metrics(port: int, host: str) -> tuple[Any, Any]:
     from privacy_pipeline.streams.metrics import PipelineMetrics, make_registry, serve_metrics
 
     registry = make_registry()
     metrics = PipelineMetrics(registry)
-    server = serve_metrics(port, registry)
+    server = serve_metrics(port, registry, addr=host)
     return metrics, server.stop
 
 
@@ -229,6 +246,8 @@ def tail(
                 record = {"undecodable": exc.reason, "bytes": len(msg.value() or b"")}
             if isinstance(record.get("original"), bytes):
                 record["original"] = record["original"].decode("utf-8", "replace")
+            if isinstance(record.get("signature"), bytes):
+                record["signature"] = base64.b64encode(record["signature"]).decode()
             if isinstance(record.get("key"), bytes):
                 record["key"] = record["key"].decode("utf-8", "replace")
             out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
@@ -281,6 +300,7 @@ def tail(
     show_default=True,
     help="Partitions of every topic.",
 )
+@secrets_option
 @click.option("--log-level", default="warn", show_default=True, help="crit, error, warn, info.")
 def demo(
     broker: str | None,
@@ -292,6 +312,7 @@ def demo(
     duration: float | None,
     seed: int,
     partitions: int,
+    secrets: Path,
     log_level: str,
 ) -> None:
     """Run the whole pipeline on synthetic traffic of the five controllers, with a live summary.
@@ -320,6 +341,7 @@ def demo(
         duration=duration,
         seed=seed,
         partitions=partitions,
+        secrets=secrets,
         log_level=log_level,
     )
 

@@ -9,7 +9,13 @@ from typing import Any, TypeVar
 import click
 
 from privacy_pipeline.processors.policy import packaged_policies
-from privacy_pipeline.streams.settings import ENV_BOOTSTRAP, ENV_POLICIES, ENV_PREFIX
+from privacy_pipeline.streams.settings import (
+    ENV_BOOTSTRAP,
+    ENV_POLICIES,
+    ENV_PREFIX,
+    ENV_SECRETS,
+    default_secrets,
+)
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
@@ -40,4 +46,14 @@ policies_option = click.option(
     default=packaged_policies,
     show_default="the five seed packs",
     help=f"A policy pack file or a folder of packs (env {ENV_POLICIES}).",
+)
+
+secrets_option = click.option(
+    "--secrets",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=ENV_SECRETS,
+    default=default_secrets,
+    show_default="~/.privacy-pipeline/secrets",
+    help=f"Folder of the pipeline's keys (env {ENV_SECRETS}). The worker creates its "
+    "command-signing key pair there when missing; a sink needs only command-signing.pub.",
 )

@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from random import Random
 from typing import Any, NamedTuple
 
@@ -563,6 +564,7 @@ def run_demo(
     seed: int,
     partitions: int,
     log_level: str,
+    secrets: Path,
 ) -> None:
     """Run the demo until Ctrl-C or *duration*: embedded broker, worker, traffic, summary."""
     from privacy_pipeline.embedded_broker.launcher import (
@@ -610,6 +612,7 @@ def run_demo(
             Settings(bootstrap=broker, prefix=prefix),
             partitions=partitions,
             app_id="privacy-pipeline-demo",
+            secrets=secrets,
         )
         try:
             ensure_topics(broker, topic_specs(prefix, partitions))

@@ -33,6 +33,7 @@ from .records import (
     wall_instant,
 )
 from .serde import AvroSerde, RecordError
+from .signing import CommandSigner
 from .topics import AUDIT, DEAD_LETTERS, ERASURE_COMMANDS, TAGGED_CLICKS, TAGGED_TOPIC
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,10 @@ class EnforceCore:
         metrics: PipelineMetrics | None = None,
         wall_clock: Callable[[], float] = time.time,
         refetch: Refetch | None = None,
+        signer: CommandSigner | None = None,
     ) -> None:
         self.enforcer = enforcer
+        self.signer = signer
         self.serde = serde
         self.outputs = outputs
         self.states = states
@@ -340,7 +343,7 @@ class EnforceCore:
                 send(topic, key, value)
                 continue
             if kind == "erasure":
-                command = erasure_command(decision, version)
+                command = erasure_command(decision, version, self.signer)
                 send(self._commands_topic, key, encode(ERASURE_COMMANDS.value_schema, command))
             send(self._audit_topic, key, encode(AUDIT.value_schema, audit_record(decision, at)))
 

@@ -12,6 +12,8 @@ from aiokafka.partitioner import murmur2
 
 from privacy_pipeline.processors.instants import format_instant
 
+from .signing import CommandSigner
+
 
 @lru_cache(maxsize=200_000)
 def subject_partition(key: str, partitions: int) -> int:
@@ -44,11 +46,18 @@ def tagged_record(
     }
 
 
-def erasure_command(decision: dict[str, Any], version: str) -> dict[str, Any]:
-    """An `ErasureCommand`: the erasure decision plus the policy version."""
+def erasure_command(
+    decision: dict[str, Any], version: str, signer: CommandSigner | None = None
+) -> dict[str, Any]:
+    """An `ErasureCommand`: the erasure decision plus the policy version, first attempt,
+    signed by *signer* (unsigned without one: sinks reject those)."""
     command = dict(decision)
     command["policy_version"] = version
     command.setdefault("recorded_before", None)
+    command.setdefault("due_at", None)
+    command.setdefault("request_id", None)
+    command.setdefault("attempt", 1)
+    command["signature"] = None if signer is None else signer.sign(command)
     return command
 
 

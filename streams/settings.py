@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,9 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "ENV_BOOTSTRAP",
     "ENV_POLICIES",
+    "ENV_METRICS_HOST",
     "ENV_PREFIX",
+    "ENV_SECRETS",
     "ClientTuning",
     "Settings",
+    "default_secrets",
 ]
 
 ENV_BOOTSTRAP: Final = "KAFKA_BOOTSTRAP_SERVERS"
@@ -29,6 +33,15 @@ ENV_PREFIX: Final = "PRIVACY_PIPELINE_TOPIC_PREFIX"
 """Prepended to every topic name (several pipelines on one cluster, tests)."""
 ENV_POLICIES: Final = "PRIVACY_PIPELINE_POLICIES"
 """A policy pack file or folder instead of the five shipped seed packs."""
+ENV_METRICS_HOST: Final = "PRIVACY_PIPELINE_METRICS_HOST"
+"""The address the metrics endpoint listens on (0.0.0.0 in a container)."""
+ENV_SECRETS: Final = "PRIVACY_PIPELINE_SECRETS"
+"""The folder of the pipeline's keys (design.md, "Secrets")."""
+
+
+def default_secrets() -> Path:
+    """Where the keys live when neither --secrets nor the environment says."""
+    return Path.home() / ".privacy-pipeline" / "secrets"
 
 
 class ClientTuning(BaseModel):

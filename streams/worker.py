@@ -47,7 +47,8 @@ from .enforce import EnforceCore, Group, decode_changelog
 from .metrics import PipelineMetrics
 from .outputs import GroupAck, ProducerOutputs
 from .serde import AvroSerde
-from .settings import Settings
+from .settings import Settings, default_secrets
+from .signing import CommandSigner
 from .subject_log import SubjectLogReader
 from .topic_admin import ensure_topics
 from .topics import SUBJECT_LOG, TopicSpec, topic_specs
@@ -85,6 +86,7 @@ class WorkerConfig:
     tick_interval: float = 1.0
     ingest: bool = True
     datadir: Path | None = None
+    secrets: Path = field(default_factory=default_secrets)
 
     @property
     def bootstrap(self) -> str:
@@ -244,6 +246,7 @@ def build_app(
         partitions=config.partitions,
         prefix=config.prefix,
         metrics=metrics,
+        signer=CommandSigner.from_secrets(config.secrets),
         refetch=SubjectLogReader(
             config.bootstrap, SUBJECT_LOG.named(config.prefix), tuning=tuning
         ).read,

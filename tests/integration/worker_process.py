@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -22,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,7 +39,8 @@ from privacy_pipeline.embedded_broker.launcher import die_with_parent, free_port
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.policy import load_packs, packaged_policies
 from privacy_pipeline.streams.serde import AvroSerde, RecordError
-from privacy_pipeline.streams.settings import ClientTuning
+from privacy_pipeline.streams.settings import ENV_SECRETS, ClientTuning
+from privacy_pipeline.streams.signing import CommandVerifier
 from privacy_pipeline.streams.topic_admin import ensure_topics
 from privacy_pipeline.streams.topics import EVENT_SCHEMAS, TAGGED_TOPIC, input_topic, topic_specs
 
@@ -50,6 +53,30 @@ INPUT_TOPIC_OF = {kind: input_topic(kind).name for kind in EVENT_SCHEMAS}
 TUNING = ClientTuning()
 
 SERDE = AvroSerde()
+# The keys of every worker the tests start (they sign erasure commands), for this session.
+TEST_SECRETS = Path(tempfile.mkdtemp(prefix="privacy-pipeline-test-secrets-"))
+atexit.register(shutil.rmtree, TEST_SECRETS, ignore_errors=True)
+
+
+def expected_command(decision: dict[str, Any], versions: dict[str, str]) -> dict[str, Any]:
+    """The ErasureCommand (signature aside) for an evaluate erasure decision: the same
+    fields, plus policy_version and the first attempt; optional fields evaluate leaves
+    out are null."""
+    return {
+        **decision,
+        "policy_version": versions[decision["controller"]],
+        "recorded_before": decision.get("recorded_before"),
+        "due_at": decision.get("due_at"),
+        "request_id": decision.get("request_id"),
+        "attempt": 1,
+    }
+
+
+def strip_signature(command: dict[str, Any]) -> dict[str, Any]:
+    """The command without its signature, once the signature is checked against the
+    test session's public key."""
+    assert CommandVerifier.from_secrets(TEST_SECRETS).verify(command), command["command_id"]
+    return {k: v for k, v in command.items() if k != "signature"}
 
 
 def cli_path() -> str:
@@ -73,13 +100,15 @@ def pick_port() -> int:
 
 
 def child_env(tmp: Path | None = None) -> dict[str, str]:
-    """The environment for CLI subprocesses: no broker or prefix from the caller's shell."""
+    """The environment for CLI subprocesses: no broker or prefix from the caller's shell,
+    and the test session's own secrets folder (not the user's)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in {"KAFKA_BOOTSTRAP_SERVERS", "PRIVACY_PIPELINE_TOPIC_PREFIX"}
     }
     env["PYTHONUNBUFFERED"] = "1"
+    env[ENV_SECRETS] = str(TEST_SECRETS)
     if tmp is not None:
         tmp.mkdir(parents=True, exist_ok=True)
         env["TMPDIR"] = str(tmp)  # faust's datadir lands here, not in the system /tmp

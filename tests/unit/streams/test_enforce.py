@@ -146,9 +146,12 @@ def commands_of(sent: Iterable[tuple[str, bytes | None, str, dict[str, Any]]]) -
 
 
 def as_command(decision: Decision) -> Decision:
-    """The ErasureCommand a Replay erasure decision must become (policy_version aside)."""
+    """The ErasureCommand a Replay erasure decision must become (policy_version aside):
+    the first attempt, unsigned (this core has no signer)."""
     out = dict(decision)
-    out.setdefault("recorded_before", None)
+    for optional in ("recorded_before", "due_at", "request_id", "signature"):
+        out.setdefault(optional, None)
+    out.setdefault("attempt", 1)
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import murmur2
@@ -17,6 +18,7 @@ from privacy_pipeline.streams.records import (
     tagged_record,
 )
 from privacy_pipeline.streams.serde import AvroSerde, event_to_avro
+from privacy_pipeline.streams.signing import CommandSigner, CommandVerifier
 
 SERDE = AvroSerde()
 
@@ -159,10 +161,18 @@ def test_tagged_record_carries_the_tag_and_the_record() -> None:
 # -- erasure_command ------------------------------------------------------------------------
 
 
-def test_erasure_command_adds_policy_version_and_recorded_before() -> None:
+def test_erasure_command_adds_policy_version_and_the_optional_fields() -> None:
     original = copy.deepcopy(ERASURE)
     command = erasure_command(ERASURE, "inrego@2023-10")
-    assert command == {**ERASURE, "policy_version": "inrego@2023-10", "recorded_before": None}
+    assert command == {
+        **ERASURE,
+        "policy_version": "inrego@2023-10",
+        "recorded_before": None,
+        "due_at": None,
+        "request_id": None,
+        "attempt": 1,
+        "signature": None,
+    }
     assert ERASURE == original  # the decision itself is left alone
     name, decoded = SERDE.decode(SERDE.encode("ErasureCommand", command))
     assert name == "ErasureCommand"
@@ -175,6 +185,20 @@ def test_erasure_command_keeps_a_recorded_before() -> None:
     assert command["recorded_before"] == "2024-01-10T09:00:00Z"
     assert command["policy_version"] == "inrego@2023-10"
     assert SERDE.decode(SERDE.encode("ErasureCommand", command))[1] == command
+
+
+def test_a_signed_command_verifies_and_a_changed_one_does_not(tmp_path: Path) -> None:
+    signer = CommandSigner.from_secrets(tmp_path)
+    command = erasure_command(ERASURE, "inrego@2023-10", signer)
+    assert isinstance(command["signature"], bytes) and len(command["signature"]) == 64
+    decoded = SERDE.decode(SERDE.encode("ErasureCommand", command))[1]
+    verifier = CommandVerifier.from_secrets(tmp_path)  # the .pub the worker wrote
+    assert verifier.verify(decoded)
+    assert not verifier.verify({**decoded, "subject_id": "s2"})
+    assert not verifier.verify({**decoded, "attempt": 2})
+    assert not verifier.verify({**decoded, "signature": None})
+    other = CommandSigner.from_secrets(tmp_path / "other")
+    assert not verifier.verify(erasure_command(ERASURE, "inrego@2023-10", other))
 
 
 # -- audit_record ---------------------------------------------------------------------------

@@ -206,8 +206,15 @@ def test_optional_fields_default_to_null(serde: AvroSerde) -> None:
         "ClickEvent": {"anonymous_id"},
         "ConsentEvent": set(),
         "PrivacyRequest": {"purposes"},
-        "ErasureCommand": {"recorded_before", "decision"},
-        "ErasureAck": {"detail"},
+        "ErasureCommand": {
+            "recorded_before",
+            "decision",
+            "due_at",
+            "request_id",
+            "attempt",
+            "signature",
+        },
+        "ErasureAck": {"detail", "attempt", "retryable", "rows"},
         "DeadLetter": {"key"},
     }
     for name, expected in optional.items():
@@ -347,7 +354,16 @@ def test_downstream_records_round_trip(serde: AvroSerde) -> None:
         "policy_version": "inrego@2024-05-01",
     }
     _, decoded = serde.decode(serde.encode("ErasureCommand", command))
-    assert decoded == {**command, "decision": "erasure", "recorded_before": None}
+    # A writer that knows only the original contract fields: the extensions get defaults.
+    assert decoded == {
+        **command,
+        "decision": "erasure",
+        "recorded_before": None,
+        "due_at": None,
+        "request_id": None,
+        "attempt": 1,
+        "signature": None,
+    }
 
     ack = {
         "command_id": "cmd-3f2a",
@@ -355,7 +371,10 @@ def test_downstream_records_round_trip(serde: AvroSerde) -> None:
         "status": "done",
         "completed_at": "2029-05-01T10:00:02Z",
     }
-    assert serde.decode(serde.encode("ErasureAck", ack)) == ("ErasureAck", {**ack, "detail": None})
+    assert serde.decode(serde.encode("ErasureAck", ack)) == (
+        "ErasureAck",
+        {**ack, "detail": None, "attempt": 1, "retryable": False, "rows": {}},
+    )
 
     audit = {
         "decision": "erasure",

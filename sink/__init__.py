@@ -1,0 +1,1 @@
+"""The downstream sink: applies erasure commands for one target to its database, and acks them."""
