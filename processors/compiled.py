@@ -50,24 +50,17 @@ class RuleView:
 
     rule: Rule
     index: int
+    # Copies of the rule's id, purpose and `retention.from`: read for every rule of every
+    # record, where a property would cost a call each time.
+    id: str
+    purpose: str
+    kind: str
     duration: CalendarDuration
     active_for: CalendarDuration | None
     categories: int  # bitmask over the pack's categories
     objection_purposes: frozenset[str]
     activity_keys: frozenset[str]  # `type:action` events a sliding retention counts from
     consent: bool  # rests on consent: needs a grant on record
-
-    @property
-    def id(self) -> str:
-        return self.rule.id
-
-    @property
-    def purpose(self) -> str:
-        return self.rule.purpose
-
-    @property
-    def kind(self) -> str:
-        return self.rule.retention.from_
 
 
 class CompiledPolicy:
@@ -88,6 +81,9 @@ class CompiledPolicy:
             RuleView(
                 rule=r,
                 index=i,
+                id=r.id,
+                purpose=r.purpose,
+                kind=r.retention.from_,
                 duration=r.retention.duration.calendar(),
                 active_for=r.active_for.calendar() if r.active_for else None,
                 categories=self.bits(r.categories),

@@ -1,15 +1,21 @@
-"""Erasure planning: one command per target system that holds the affected data."""
+"""Erasure planning, the last step of an event: one command per target system that holds
+the data the earlier steps ended.
+
+The steps before it only decide what ends, why and how (an `Ending`); `plan_endings` turns
+their endings into commands, in the order they were decided.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .compiled import CompiledPolicy
+from .compiled import CompiledPolicy, RuleView
 from .instants import CalendarDuration, format_instant
+from .state import SubjectState
 
 # Fixed namespace: the same cause gives the same command_id in every run and process.
 COMMAND_NAMESPACE = uuid.UUID("6f1c2b8e-4d0a-5b8e-9a53-2c1f0e7d9a41")
@@ -33,6 +39,42 @@ class Cause:
     deadline: CalendarDuration
     key: str  # the event id, or `expiry:<instant>` for a timer
     recorded_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """A step's decision that the affected data ends by `action` (erase, anonymize,
+    restrict) for `cause`; `plan_endings` turns it into commands."""
+
+    action: str
+    affected: Sequence[Affected]
+    cause: Cause
+
+
+def release(
+    policy: CompiledPolicy, state: SubjectState, which: Callable[[RuleView], bool]
+) -> list[Affected]:
+    """Drop the holds of the rules `which` selects; return what they held."""
+    out: list[Affected] = []
+    for view in policy.rules:
+        if view.id in state.holds and which(view):
+            hold = state.holds.pop(view.id)
+            out.append(Affected(view.purpose, hold.categories))
+    return out
+
+
+def restrict(
+    policy: CompiledPolicy, state: SubjectState, which: Callable[[RuleView], bool]
+) -> list[Affected]:
+    """Mark the holds of the rules `which` selects restricted (kept, not used); return those
+    not restricted before."""
+    out: list[Affected] = []
+    for view in policy.rules:
+        hold = state.holds.get(view.id)
+        if hold is not None and not hold.restricted and which(view):
+            hold.restricted = True
+            out.append(Affected(view.purpose, hold.categories))
+    return out
 
 
 def command_id(controller: str, subject_id: str, target: str, action: str, cause: Cause) -> str:
@@ -82,4 +124,14 @@ def plan_commands(
         if cause.recorded_before is not None:
             decision["recorded_before"] = format_instant(cause.recorded_before)
         out.append(decision)
+    return out
+
+
+def plan_endings(
+    policy: CompiledPolicy, subject_id: str, endings: Sequence[Ending]
+) -> list[dict[str, Any]]:
+    """The commands of every ending, in the order the steps decided them."""
+    out: list[dict[str, Any]] = []
+    for ending in endings:
+        out += plan_commands(policy, subject_id, ending.action, ending.affected, ending.cause)
     return out

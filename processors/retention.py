@@ -1,18 +1,26 @@
-"""Retention timers: when data kept under a rule expires, and what moves that instant."""
+"""Retention: when data kept under a rule expires, what moves or ends it, and the timers.
+
+Two steps of an event live here: `end_by_record` (what a record ends before it is kept:
+a closed account, an ended relationship) and `fire_due` (the timers due by the clock).
+"""
 
 from __future__ import annotations
 
 from array import array
 from bisect import insort
+from collections.abc import Set
 from datetime import datetime, timedelta
 
 from .compiled import CompiledPolicy, RuleView
+from .erasure import Affected, Cause, Ending, release
 from .events import Event
 from .instants import EPOCH, end_of_calendar_year
+from .policy import Trigger
 from .state import RuleHold, SubjectState
 
 PER_RECORD = frozenset({"event", "calendar_year_end"})
 _MICRO = timedelta(microseconds=1)
+_NONE: frozenset[str] = frozenset()
 
 
 def to_micros(instant: datetime) -> int:
@@ -148,3 +156,97 @@ def expire_due(
             return False, None if covered is None else from_micros(covered)
         return True, None if covered is None else from_micros(covered)
     return True, None
+
+
+def end_by_record(
+    policy: CompiledPolicy,
+    state: SubjectState,
+    event: Event,
+    now: datetime,
+    endings: list[Ending],
+) -> Set[str]:
+    """What a record ends before it is kept: the purposes of the triggers it sets off (an
+    account the person closed) and the relationships it ends. Appends those endings;
+    returns the rules whose data went at once, which the record is not kept under."""
+    role = state.role
+    triggers = policy.triggers_for(event, role)
+    relationships = policy.relationships_ended_by(event, role)
+    if not triggers and not relationships:
+        return _NONE
+    ended: set[str] = set()
+    for trig in triggers:
+        ended.update(_set_off(policy, state, trig, event, now, endings))
+    for view in relationships:
+        if view.duration.is_zero():
+            ended.add(view.id)
+            hold = state.holds.pop(view.id, None)
+            if hold is not None:
+                cause = Cause(
+                    "relationship_ended", view.id, now, policy.retention_deadline, event.event_id
+                )
+                affected = [Affected(view.purpose, hold.categories)]
+                endings.append(Ending(view.rule.on_expiry, affected, cause))
+        else:
+            hold = state.holds.get(view.id)
+            if hold is not None and not hold.ended:
+                end_relationship(policy, view, hold, event.occurred_at)
+    return ended
+
+
+def _set_off(
+    policy: CompiledPolicy,
+    state: SubjectState,
+    trig: Trigger,
+    event: Event,
+    now: datetime,
+    endings: list[Ending],
+) -> list[str]:
+    """A trigger ends its purposes at once; returns the rules it ends."""
+    affected = release(policy, state, lambda v: v.purpose in trig.purposes)
+    cause = Cause(trig.reason, trig.id, now, policy.trigger_deadlines[trig.id], event.event_id)
+    endings.append(Ending(trig.action, affected, cause))
+    return [v.id for v in policy.rules if v.purpose in trig.purposes]
+
+
+def fire_due(
+    policy: CompiledPolicy,
+    state: SubjectState,
+    now: datetime,
+    endings: list[Ending],
+    during: str = "",
+) -> None:
+    """Fire every retention timer of the subject due by `now`, earliest first: append the
+    ending of the data each one covers. `during`: the id of the event being applied, if
+    any."""
+    while True:
+        due_id, due_hold = _earliest(state.holds, now)
+        if due_id is None or due_hold is None or due_hold.due is None:
+            return
+        view = policy.rule_by_id[due_id]
+        due = due_hold.due
+        last = due_hold.last
+        emptied, covered = expire_due(policy, view, due_hold, now)
+        if emptied:
+            del state.holds[due_id]
+        cause = Cause(
+            "retention_expired",
+            view.id,
+            now,
+            policy.retention_deadline,
+            # The event id keeps a late record's command, fired as it is applied, apart
+            # from an identical-looking earlier one.
+            f"expiry:{due.isoformat()}:{(covered or last).isoformat()}:{during}",
+            covered if view.kind in PER_RECORD else None,
+        )
+        affected = [Affected(view.purpose, due_hold.categories)]
+        endings.append(Ending(view.rule.on_expiry, affected, cause))
+
+
+def _earliest(holds: dict[str, RuleHold], now: datetime) -> tuple[str | None, RuleHold | None]:
+    best_id: str | None = None
+    best: RuleHold | None = None
+    for rid, hold in holds.items():
+        due = hold.due
+        if due is not None and due <= now and (best is None or best.due is None or due < best.due):
+            best_id, best = rid, hold
+    return best_id, best

@@ -1,4 +1,5 @@
-"""Answers to data-subject requests: the register extract (access, portability), rectification."""
+"""The rights step: answers to data-subject requests (erasure, objection, restriction,
+rectification, and the register extract for access and portability)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from datetime import datetime
 from typing import Any
 
 from .compiled import CompiledPolicy
+from .consent import ConsentEntry
+from .erasure import Affected, Cause, Ending, restrict
 from .events import Event
 from .instants import format_instant
-from .state import SubjectState
+from .optout import object_to
+from .state import RESTRICT_ALL, SubjectState
 from .vocabulary import EVENT_TYPES
 
 _SOURCES = {
@@ -20,6 +24,79 @@ _SOURCES = {
 }
 _SOURCE_ORDER = sorted(EVENT_TYPES)
 _PORTABLE_BASES = frozenset({"consent", "contract"})
+
+
+def answer_request(
+    policy: CompiledPolicy,
+    state: SubjectState,
+    event: Event,
+    now: datetime,
+    endings: list[Ending],
+) -> list[dict[str, Any]]:
+    """Answer a privacy request: the extract or rectify decision it gets, if any; append
+    what an erasure, objection or restriction ends."""
+    right = event.right
+    wanted = set(event.purposes) if event.purposes else None
+    if right == "erasure":
+        _erase(policy, state, event, wanted, now, endings)
+        return []
+    if right == "objection":
+        purposes = event.purposes or ("direct_marketing",)
+        for p in purposes:
+            state.ledger = state.ledger.append(
+                ConsentEntry(p, "object", "request", event.occurred_at, event.event_id)
+            )
+        object_to(policy, state, event, tuple(purposes), now, endings)
+        return []
+    if right == "restriction":
+        state.restricted = state.restricted | (wanted or {RESTRICT_ALL})
+        cause = Cause(
+            "restriction_request",
+            f"{policy.controller}.rights.restriction",
+            now,
+            policy.rights_deadline,
+            event.event_id,
+        )
+        affected = restrict(policy, state, lambda v: wanted is None or v.purpose in wanted)
+        endings.append(Ending("restrict", affected, cause))
+        return []
+    if right == "rectification":
+        return [build_rectify(policy, state, event, now)]
+    return [build_extract(policy, state, event, now)]  # access, portability
+
+
+def _erase(
+    policy: CompiledPolicy,
+    state: SubjectState,
+    event: Event,
+    wanted: set[str] | None,
+    now: datetime,
+    endings: list[Ending],
+) -> None:
+    """Erase what no law keeps at once; restrict what one does until it ends."""
+    cause = Cause(
+        "erasure_request",
+        f"{policy.controller}.rights.erasure",
+        now,
+        policy.rights_deadline,
+        event.event_id,
+    )
+    by_action: dict[str, list[Affected]] = {}
+    for view in policy.rules:
+        hold = state.holds.get(view.id)
+        if hold is None or (wanted is not None and view.purpose not in wanted):
+            continue
+        action = view.rule.erasure_action
+        if action == "restrict":
+            if hold.restricted:
+                continue
+            hold.restricted = True
+        else:
+            del state.holds[view.id]
+        by_action.setdefault(action, []).append(Affected(view.purpose, hold.categories))
+    for action in ("erase", "anonymize", "restrict"):
+        if action in by_action:
+            endings.append(Ending(action, by_action[action], cause))
 
 
 def _retention_words(view_kind: str, duration: str) -> str:
@@ -100,7 +177,7 @@ def build_extract(
         "sources": sources,
         "recipients": recipients,
         "consents": consents,
-        "restrictions": sorted("all" if r == "*" else r for r in state.restricted),
+        "restrictions": sorted("all" if r == RESTRICT_ALL else r for r in state.restricted),
     }
     extract["text"] = render_extract(extract)
     return extract

@@ -40,6 +40,9 @@ def _from_le_bytes(data: bytes) -> array:  # type: ignore[type-arg]
     return values
 
 
+# In `SubjectState.restricted`: every purpose, for a restriction request that names none.
+RESTRICT_ALL = "*"
+
 # Redelivery after a crash repeats recent events; a window per subject catches it
 # without keeping every id the person ever had.
 DEDUP_WINDOW = 16
