@@ -39,6 +39,10 @@ class Cause:
     deadline: CalendarDuration
     key: str  # the event id, or `expiry:<instant>` for a timer
     recorded_before: datetime | None = None
+    # When the obligation arose: the expiry of a timer; by default the issue itself.
+    due_at: datetime | None = None
+    # The privacy request that caused it, so a command can be traced to the person's ask.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ def plan_commands(
         return out
     issued = format_instant(cause.issued_at)
     deadline = format_instant(cause.deadline.after(cause.issued_at, policy.zone))
+    due_at = issued if cause.due_at is None else format_instant(cause.due_at)
     for rec in policy.pack.recipients:
         held = policy.bits(rec.categories)
         purposes: list[str] = []
@@ -120,7 +125,10 @@ def plan_commands(
             "rule": cause.rule,
             "issued_at": issued,
             "deadline": deadline,
+            "due_at": due_at,
         }
+        if cause.request_id is not None:
+            decision["request_id"] = cause.request_id
         if cause.recorded_before is not None:
             decision["recorded_before"] = format_instant(cause.recorded_before)
         out.append(decision)

@@ -68,6 +68,7 @@ def object_to(
         now,
         policy.optout_deadline,
         event.event_id,
+        request_id=event.request_id if event.type == "privacy_request" else None,
     )
     objected = set(purposes)
 

@@ -237,6 +237,7 @@ def fire_due(
             # from an identical-looking earlier one.
             f"expiry:{due.isoformat()}:{(covered or last).isoformat()}:{during}",
             covered if view.kind in PER_RECORD else None,
+            due_at=due,
         )
         affected = [Affected(view.purpose, due_hold.categories)]
         endings.append(Ending(view.rule.on_expiry, affected, cause))

@@ -56,6 +56,7 @@ def answer_request(
             now,
             policy.rights_deadline,
             event.event_id,
+            request_id=event.request_id,
         )
         affected = restrict(policy, state, lambda v: wanted is None or v.purpose in wanted)
         endings.append(Ending("restrict", affected, cause))
@@ -80,6 +81,7 @@ def _erase(
         now,
         policy.rights_deadline,
         event.event_id,
+        request_id=event.request_id,
     )
     by_action: dict[str, list[Affected]] = {}
     for view in policy.rules:

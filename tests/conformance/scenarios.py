@@ -241,10 +241,13 @@ def erasure_command(
     deadline: str | None,
     *,
     subject: str,
+    due_at: str | None = None,
     **extra: Any,
 ) -> Decision:
     """An erasure command as decided, less its command_id (compare with `erasure_commands`).
 
+    `due_at`, the instant the obligation arose, is the issue by default; a command a
+    privacy request caused names it in `request_id` (pass it as an extra).
     A seed's tests bind controller and subject once:
     `_cmd = partial(erasure_command, C, subject=S)`.
     """
@@ -260,6 +263,7 @@ def erasure_command(
         "rule": rule,
         "issued_at": issued_at,
         "deadline": deadline,
+        "due_at": issued_at if due_at is None else due_at,
         **extra,
     }
 

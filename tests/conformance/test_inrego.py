@@ -108,6 +108,7 @@ def test_visit_data_erased_at_24_months_not_before():
             "rule": R_ANALYTICS,
             "issued_at": "2026-01-10T09:00:00Z",
             "deadline": "2026-01-11T09:00:00Z",
+            "due_at": "2026-01-10T09:00:00Z",  # the expiry: 24 months after the visit
             "recorded_before": "2024-01-10T09:00:00Z",
         }
 

@@ -61,13 +61,13 @@ DM_OPEN = tag_purpose(
 _cmd = partial(erasure_command, C, subject=S)
 
 
-def _objection_commands(objected: str) -> list[dict[str, Any]]:
+def _objection_commands(objected: str, **extra: Any) -> list[dict[str, Any]]:
     """Prospect data erased at once on an objection (deadline left out: see
     test_prospect_objection_is_acted_on_at_once_not_within_a_month).
     """
     rule = "iret.rights.objection"
     return [
-        _cmd(t, "erase", ["prospecting"], ["contact"], "objection", rule, objected, None)
+        _cmd(t, "erase", ["prospecting"], ["contact"], "objection", rule, objected, None, **extra)
         for t in PROSPECT_HOLDERS
     ]
 
@@ -187,7 +187,9 @@ def test_objection_request_erases_prospect_data_at_once() -> None:
             ),
         ]
     )
-    assert _undated(erasure_commands(decisions)) == _objection_commands(objected)
+    # The commands name the request that caused them (traceability for the DPO).
+    commands = erasure_commands(decisions)
+    assert _undated(commands) == _objection_commands(objected, request_id="R-obj")
     assert tag_of(decisions, "p2")["suppressed"] == [
         {"purpose": "prospecting", "reason": "objection"}
     ]
@@ -250,7 +252,17 @@ def test_objection_applies_to_every_later_event_of_the_person() -> None:
     assert tag_of(decisions, "c1")["purposes"] == [CONTRACT_OPEN, CLAIMS_OPEN, DM_OPEN]
     rule, due = "iret.rights.objection", "2024-02-06T10:00:00Z"  # opt-out: one day after
     assert erasure_commands(decisions) == [
-        _cmd(t, "erase", ["direct_marketing"], ["contact"], "objection", rule, objected, due)
+        _cmd(
+            t,
+            "erase",
+            ["direct_marketing"],
+            ["contact"],
+            "objection",
+            rule,
+            objected,
+            due,
+            request_id="R-obj",
+        )
         for t in PROSPECT_HOLDERS
     ]
     stopped = [{"purpose": "direct_marketing", "reason": "objection"}]

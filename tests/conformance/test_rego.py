@@ -253,7 +253,15 @@ def test_erasure_request_restricts_bookkeeping_and_erases_the_rest() -> None:
 
     def req(target: str, action: str, purposes: list[str], cats: list[str]) -> dict[str, Any]:
         return _cmd(
-            target, action, purposes, cats, "erasure_request", "rego.rights.erasure", at, due
+            target,
+            action,
+            purposes,
+            cats,
+            "erasure_request",
+            "rego.rights.erasure",
+            at,
+            due,
+            request_id="R-1",  # every command names the request that caused it
         )
 
     on_request = [

@@ -257,6 +257,7 @@ def test_unsubscribe_link_removes_marketing_data_only_where_held_for_marketing()
         "rule": "rejoin.rights.objection",
         "issued_at": "2025-01-15T11:00:00Z",
         "deadline": "2025-01-16T11:00:00Z",
+        "due_at": "2025-01-15T11:00:00Z",
     }
     tag = tag_of(decisions, later["event_id"])
     assert purpose_map(tag) == {

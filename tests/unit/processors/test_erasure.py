@@ -93,6 +93,23 @@ def test_several_purposes_merge_per_target_in_affected_order() -> None:
     ]
 
 
+def test_command_names_its_request_and_when_the_obligation_arose() -> None:
+    expiry = datetime(2023, 12, 31, 23, 0, tzinfo=UTC)
+    by_request = plan(
+        INREGO, "erase", aff(INREGO, "analytics", "technical"), c=cause(request_id="R-7")
+    )
+    by_expiry = plan(
+        INREGO,
+        "erase",
+        aff(INREGO, "analytics", "technical"),
+        c=cause(reason="retention_expired", due_at=expiry),
+    )
+    assert {c["request_id"] for c in by_request} == {"R-7"}
+    assert {c["due_at"] for c in by_request} == {"2024-01-31T12:00:00Z"}  # the receipt
+    assert {c["due_at"] for c in by_expiry} == {"2023-12-31T23:00:00Z"}  # the expiry
+    assert not any("request_id" in c for c in by_expiry)
+
+
 def test_nothing_affected_plans_nothing() -> None:
     assert plan(REGO, "erase") == []
 
@@ -112,6 +129,7 @@ def test_command_has_every_contract_field() -> None:
         "rule": "rego.rights.erasure",
         "issued_at": "2024-01-31T12:00:00Z",
         "deadline": "2024-02-29T12:00:00Z",
+        "due_at": "2024-01-31T12:00:00Z",
     }
     assert "recorded_before" not in command
 
