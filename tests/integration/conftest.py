@@ -12,14 +12,17 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
+from worker_process import MakeTopics, Readers, StartWorker, WorkerProcess, pipeline_topics
 
 from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker, free_port
 from privacy_pipeline.streams.topic_admin import ensure_topics
@@ -114,3 +117,42 @@ def _delete_topics(bootstrap: str, names: list[str]) -> None:
 def group_id() -> str:
     """A consumer group id unique to this test."""
     return f"g-{uuid.uuid4().hex[:8]}"
+
+
+# -- workers and readers on this test's topics ---------------------------------------
+
+
+@pytest.fixture
+def make_topics(broker: str, topic_prefix: str) -> Iterator[MakeTopics]:
+    """Create every pipeline topic of this test's prefix with N partitions; afterwards,
+    delete every topic of the prefix (the worker's too)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda partitions: stack.enter_context(
+            pipeline_topics(broker, topic_prefix, partitions)
+        )
+
+
+@pytest.fixture
+def start_worker(
+    broker: str, topic_prefix: str, tmp_path: Path, make_topics: MakeTopics
+) -> Iterator[StartWorker]:
+    """Start a ready worker on this test's prefix; every worker is stopped afterwards,
+    before the topics are deleted."""
+    started: list[WorkerProcess] = []
+
+    def start(**kwargs: Any) -> WorkerProcess:
+        name = kwargs.pop("name", f"worker-{len(started) + 1}")
+        worker = WorkerProcess(broker, topic_prefix, tmp_path, name=name, **kwargs)
+        started.append(worker)
+        return worker.start().wait_ready()
+
+    yield start
+    for worker in started:
+        worker.cleanup()
+
+
+@pytest.fixture
+def readers(broker: str, topic_prefix: str) -> Iterator[Readers]:
+    r = Readers(broker, topic_prefix)
+    yield r
+    r.close()

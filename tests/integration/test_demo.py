@@ -25,11 +25,11 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from privacy_pipeline.cli.live import demo
 from privacy_pipeline.demo.runner import (
     DemoTraffic,
     Snapshot,
     bucket_quantile,
-    demo,
     format_summary,
     read_snapshot,
 )

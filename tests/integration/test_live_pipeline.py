@@ -6,17 +6,14 @@ the way a producer service does, and reads the output topics as a downstream sys
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from dateutil.relativedelta import relativedelta
 from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -25,8 +22,9 @@ from worker_process import (
     SERDE,
     TAGGED_TOPIC_OF,
     TAGGED_TOPICS,
+    MakeTopics,
     Readers,
-    WorkerProcess,
+    StartWorker,
     cli,
     click,
     consent,
@@ -34,7 +32,6 @@ from worker_process import (
     evaluate,
     expected_command,
     order,
-    pipeline_topics,
     policy_versions,
     produce_file,
     request,
@@ -47,45 +44,6 @@ from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.policy import load_packs, packaged_policies
 from privacy_pipeline.processors.replay import Replay
 from privacy_pipeline.streams.serde import MAGIC, event_to_avro
-
-StartWorker = Callable[..., WorkerProcess]
-MakeTopics = Callable[[int], None]
-
-
-@pytest.fixture
-def make_topics(broker: str, topic_prefix: str) -> Iterator[MakeTopics]:
-    """Create every pipeline topic of this test's prefix with N partitions; afterwards,
-    delete every topic of the prefix (the worker's too)."""
-    with contextlib.ExitStack() as stack:
-        yield lambda partitions: stack.enter_context(
-            pipeline_topics(broker, topic_prefix, partitions)
-        )
-
-
-@pytest.fixture
-def start_worker(
-    broker: str, topic_prefix: str, tmp_path: Path, make_topics: MakeTopics
-) -> Iterator[StartWorker]:
-    """Start a ready worker on this test's prefix; every worker is stopped afterwards,
-    before the topics are deleted."""
-    started: list[WorkerProcess] = []
-
-    def start(**kwargs: Any) -> WorkerProcess:
-        name = kwargs.pop("name", f"worker-{len(started) + 1}")
-        worker = WorkerProcess(broker, topic_prefix, tmp_path, name=name, **kwargs)
-        started.append(worker)
-        return worker.start().wait_ready()
-
-    yield start
-    for worker in started:
-        worker.cleanup()
-
-
-@pytest.fixture
-def readers(broker: str, topic_prefix: str) -> Iterator[Readers]:
-    r = Readers(broker, topic_prefix)
-    yield r
-    r.close()
 
 
 def decisions_of(lines: list[str]) -> list[dict[str, Any]]:

@@ -90,6 +90,12 @@ def cli_path() -> str:
     return found
 
 
+StartWorker = Callable[..., "WorkerProcess"]
+"""The `start_worker` fixture: starts a ready worker on the test's prefix."""
+MakeTopics = Callable[[int], None]
+"""The `make_topics` fixture: creates every pipeline topic with N partitions."""
+
+
 def pick_port() -> int:
     """A free TCP port, from PRIVACY_PIPELINE_TEST_PORTS (LOW-HIGH) when set."""
     spec = os.environ.get(PORTS_ENV, "").strip()
