@@ -346,4 +346,146 @@ def demo(
     )
 
 
-COMMANDS = [broker, run, demo, produce, tail]
+@click.command()
+@click.option("--target", required=True, help="The target id this sink serves (the mapping's).")
+@click.option(
+    "--db",
+    required=True,
+    metavar="URL",
+    help="SQLAlchemy URL of the database: sqlite:///path.db or postgresql://user@host/db.",
+)
+@click.option(
+    "--mapping",
+    "mapping_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file saying which tables and columns hold which categories "
+    "(design.md, Sink mapping).",
+)
+@broker_option(required=True)
+@prefix_option
+@secrets_option
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=9109,
+    show_default=True,
+    help="Prometheus metrics port; 0 turns metrics off.",
+)
+@click.option("--metrics-host", envvar=ENV_METRICS_HOST, default="127.0.0.1", show_default=True)
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Accept commands without a valid signature. Only for trusted test set-ups: "
+    "anyone who can write to erasure-commands could then erase anyone.",
+)
+@click.option("--log-level", default="warning", show_default=True, help="debug, info, warning.")
+def sink(
+    target: str,
+    db: str,
+    mapping_file: Path,
+    broker: str,
+    prefix: str,
+    secrets: Path,
+    metrics_port: int,
+    metrics_host: str,
+    no_verify: bool,
+    log_level: str,
+) -> None:
+    """Apply the erasure commands for one target to a database, and acknowledge them.
+
+    Reads erasure-commands (its own consumer group per target), checks each command's
+    signature with SECRETS/command-signing.pub, applies it in one transaction as the
+    mapping says (erase, anonymize or restrict), and writes the ack to erasure-acks.
+    A redelivered command changes nothing and gets its stored ack again. Bad commands
+    (undecodable, forged, or naming a category no table maps) go to dead-letters.
+
+    \b
+    Example:
+      privacy-pipeline sink --target business-systems --db sqlite:///crm.db \\
+          --mapping business-systems.yaml --broker 127.0.0.1:9092
+    """
+    import signal
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from privacy_pipeline.sink.database import CommandApplier
+    from privacy_pipeline.sink.mapping import MappingError, load_mapping
+    from privacy_pipeline.sink.metrics import SinkMetrics
+    from privacy_pipeline.sink.service import Sink
+    from privacy_pipeline.streams.metrics import make_registry, serve_metrics
+    from privacy_pipeline.streams.signing import CommandVerifier, SigningKeyError
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        mapping = load_mapping(mapping_file)
+    except MappingError as exc:
+        raise click.ClickException(str(exc)) from None
+    if mapping.target != target:
+        raise click.ClickException(
+            f"{mapping_file}: target: '{mapping.target}', but --target is '{target}'"
+        )
+    verifier = None
+    if not no_verify:
+        try:
+            verifier = CommandVerifier.from_secrets(secrets)
+        except SigningKeyError as exc:
+            raise click.ClickException(
+                f"{exc}. Copy command-signing.pub from the worker's secrets folder, "
+                "or pass --secrets."
+            ) from None
+    url = _sqlalchemy_url(db)
+    try:
+        applier = CommandApplier(create_engine(url), mapping)
+    except MappingError as exc:  # the database does not match the mapping
+        raise click.ClickException(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot use the database {_safe_url(url)}: {exc}") from None
+    metrics = None
+    stop_metrics: Any = None
+    if metrics_port:
+        registry = make_registry()
+        metrics = SinkMetrics(registry)
+        stop_metrics = serve_metrics(metrics_port, registry, addr=metrics_host)
+    stopping = False
+
+    def stop(_signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    service = Sink(Settings(bootstrap=broker, prefix=prefix), applier, verifier, metrics=metrics)
+    where = f", metrics http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""
+    click.echo(
+        f"sink {target}: {len(mapping.tables)} tables in {_safe_url(url)}, "
+        f"commands from {broker}{where}; "
+        + ("signatures not checked" if verifier is None else "signatures checked"),
+        err=True,
+    )
+    try:
+        service.run(lambda: stopping)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
+    click.echo(f"sink {target}: stopped; {service.stats}", err=True)
+
+
+def _sqlalchemy_url(url: str) -> str:
+    # psycopg 3 is the PostgreSQL driver we ship; SQLAlchemy's default would be psycopg2.
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+COMMANDS = [broker, run, demo, produce, tail, sink]

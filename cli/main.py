@@ -52,7 +52,7 @@ def main() -> None:
 
     \b
     Offline:  evaluate, policy check, policy schema
-    Live:     broker, run, demo, produce, tail
+    Live:     broker, run, demo, produce, tail, sink
     """
 
 
