@@ -1,11 +1,28 @@
-"""Fixtures every test tier shares: a real PostgreSQL server, started once per session."""
+"""Fixtures every test tier shares: a real PostgreSQL server, started once per session, and
+Prometheus's promtool."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """The path of promtool (Debian package `prometheus`; .ci/run installs it).
+
+    Skips on a developer machine without it, but fails in CI: there the check must run.
+    """
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing in CI: .ci/run installs the prometheus package")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import tomllib
 from fnmatch import fnmatchcase
@@ -340,10 +339,9 @@ def test_host_prometheus_config_still_targets_a_worker_on_the_host() -> None:
     assert f"localhost:{METRICS_PORT}" in targets
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
-def test_compose_prometheus_config_passes_promtool() -> None:
+def test_compose_prometheus_config_passes_promtool(promtool: str) -> None:
     done = subprocess.run(
-        ["promtool", "check", "config", "prometheus-compose.yml"],
+        [promtool, "check", "config", "prometheus-compose.yml"],
         cwd=ROOT / "ops",
         capture_output=True,
         text=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import urllib.request
@@ -371,10 +370,9 @@ def test_ops_files_parse_and_use_only_exported_metrics() -> None:
         assert used <= exported, (rel, sorted(used - exported))
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
-def test_alert_rules_pass_promtool() -> None:
+def test_alert_rules_pass_promtool(promtool: str) -> None:
     for args in (["check", "config", "prometheus.yml"], ["test", "rules", "alerts_test.yml"]):
         done = subprocess.run(
-            ["promtool", *args], cwd=OPS, capture_output=True, text=True, timeout=60
+            [promtool, *args], cwd=OPS, capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0, done.stdout + done.stderr
