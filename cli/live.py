@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,6 +97,8 @@ def run(
         embedded = EmbeddedBroker(own_process_group=True).start()
         broker = embedded.bootstrap
         click.echo(f"started the {MEMORY_NOTE}, at {broker}", err=True)
+    else:
+        _require_broker(broker)
     metrics, stop_metrics = _metrics(metrics_port, metrics_host)
     config = WorkerConfig(
         Settings(bootstrap=broker, prefix=prefix),
@@ -129,6 +132,7 @@ def _metrics(port: int, host: str) -> tuple[Any, Any]:
 @click.command()
 @broker_option(required=True)
 @prefix_option
+@policies_option
 @click.option(
     "--topic",
     default=None,
@@ -136,44 +140,108 @@ def _metrics(port: int, host: str) -> tuple[Any, Any]:
     "Default: chosen per event by its type.",
 )
 @click.argument("file", type=click.File("rb"), default="-")
-def produce(broker: str, prefix: str, topic: str | None, file: IO[bytes]) -> None:
-    """Publish canonical JSON events (one per line) Avro-encoded; bad lines are reported.
+def produce(broker: str, prefix: str, policies: Path, topic: str | None, file: IO[bytes]) -> None:
+    """Publish canonical JSON events (one per line) Avro-encoded, and say what arrived.
+
+    Each line is checked as ingest would check it (the fields of its type, instants with
+    a zone, a controller with a policy pack) before it is sent; then every sent line is
+    followed to the broker's acknowledgement. A line that is bad, too large or not
+    delivered is reported with its number and the reason, and the next line goes on.
+    Exit status 1 when any line was not delivered.
+
+    \b
+    Event format (one JSON object per line; see design.md, "Input events"):
+      {"event_id": "e1", "type": "click", "controller": "inrego", "subject_id": "s1",
+       "occurred_at": "2024-01-10T10:00:00+01:00", "url": "https://example.se/",
+       "ip": "192.0.2.1", "user_agent": "UA"}
+    Types: customer, order, click, consent, privacy_request.
 
     \b
     Example:
       privacy-pipeline produce --broker 127.0.0.1:9092 events.jsonl
     """
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaError, KafkaException, Producer
 
+    from privacy_pipeline.processors.events import EventError, parse_event
+    from privacy_pipeline.processors.policy import PolicyError, load_packs
     from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
     from privacy_pipeline.streams.topics import input_topic
 
+    try:
+        controllers = frozenset(load_packs(policies))
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+    _require_broker(broker)
     serde = AvroSerde()
-    producer = Producer(Settings().tuning.traffic_producer(broker))
-    sent = bad = 0
+    tuning = Settings().tuning
+    producer = Producer({**tuning.traffic_producer(broker), "log_level": 0})
+    lines = bad = 0
+    failed: dict[int, str] = {}
+    pending: set[int] = set()
+
+    def delivered(number: int, err: KafkaError | None, _msg: object) -> None:
+        pending.discard(number)
+        if err is not None:
+            failed[number] = err.str()
+
     for number, raw in enumerate(file, start=1):
         if not raw.strip():
             continue
+        lines += 1
         try:
-            line = raw.decode("utf-8")
-            event = json.loads(line)
+            event = json.loads(raw.decode("utf-8"))
             if not isinstance(event, dict):
                 raise ValueError("not a JSON object")
+            parsed = parse_event(event)
+            if parsed.controller not in controllers:
+                raise ValueError("controller: unknown controller (no policy pack)")
             name, record = event_to_avro(event)
             value = serde.encode(name, record)
-        except (ValueError, RecordError) as exc:
+        except (ValueError, RecordError, EventError) as exc:
             bad += 1
             click.echo(f"line {number}: not sent: {_safe(exc)}", err=True)
             continue
-        target = topic or input_topic(event["type"]).name
-        key = f"{event.get('controller')}:{event.get('subject_id')}".encode()
-        producer.produce(prefix + target, value, key=key)
+        target = topic or input_topic(parsed.type).name
+        key = f"{parsed.controller}:{parsed.subject_id}".encode()
+        on_delivery = partial(delivered, number)
+        try:
+            try:
+                producer.produce(prefix + target, value, key=key, on_delivery=on_delivery)
+            except BufferError:
+                producer.flush(30)  # the local queue is full: wait for room, once
+                producer.produce(prefix + target, value, key=key, on_delivery=on_delivery)
+        except KafkaException as exc:
+            error = exc.args[0]
+            reason = error.str() if isinstance(error, KafkaError) else str(error)
+            if len(value) > tuning.message_max_bytes:
+                reason = f"too large: {len(value):,} bytes, at most {tuning.message_max_bytes:,}"
+            failed[number] = reason
+            continue
+        pending.add(number)
         producer.poll(0)
-        sent += 1
     producer.flush(30)
-    click.echo(f"produced {sent} events, {bad} bad lines not sent", err=True)
-    if bad:
+    for number in pending:
+        failed.setdefault(number, "no acknowledgement from the broker within 30 s")
+    for number in sorted(failed):
+        click.echo(f"line {number}: not delivered: {failed[number]}", err=True)
+    delivered_count = lines - bad - len(failed)
+    click.echo(
+        f"delivered {delivered_count} of {lines} events to {broker}; "
+        f"{bad} bad lines not sent, {len(failed)} not delivered",
+        err=True,
+    )
+    if bad or failed:
         sys.exit(1)
+
+
+def _require_broker(broker: str) -> None:
+    """Exit with one readable line when no broker answers at *broker*."""
+    from privacy_pipeline.streams.topic_admin import BrokerUnreachable, check_broker
+
+    try:
+        check_broker(broker)
+    except BrokerUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _safe(exc: Exception) -> str:
@@ -213,6 +281,7 @@ def tail(
     from privacy_pipeline.streams.serde import AvroSerde, RecordError
 
     serde = AvroSerde()
+    _require_broker(broker)
     group = f"privacy-pipeline-tail-{uuid.uuid4().hex[:8]}"
     tuning = Settings().tuning
     consumer = Consumer(tuning.reader_consumer(broker, group, from_beginning=from_beginning))
@@ -458,6 +527,7 @@ def sink(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    _require_broker(broker)
     service = Sink(Settings(bootstrap=broker, prefix=prefix), applier, verifier, metrics=metrics)
     where = f", metrics http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""
     click.echo(

@@ -15,13 +15,35 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from .topics import TopicSpec
 
-__all__ = ["TopicError", "ensure_topics"]
+__all__ = ["BrokerUnreachable", "TopicError", "check_broker", "ensure_topics"]
 
 log = logging.getLogger(__name__)
 
 
 class TopicError(RuntimeError):
     """A topic could not be created, or exists with other settings."""
+
+
+class BrokerUnreachable(RuntimeError):
+    """No Kafka broker answered at the bootstrap address in time."""
+
+
+def check_broker(bootstrap: str, timeout: float = 10.0) -> None:
+    """Raise BrokerUnreachable, in one readable sentence, when no broker answers in time.
+
+    The client's own connection logs are silenced for this probe: a broker that is down
+    would otherwise print a refused connection every second.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        error = exc.args[0]
+        reason = error.str() if isinstance(error, KafkaError) else str(error)
+        raise BrokerUnreachable(
+            f"no Kafka broker answers at {bootstrap} within {timeout:g} s ({reason}); "
+            "is it running, and is --broker (or KAFKA_BOOTSTRAP_SERVERS) right?"
+        ) from None
 
 
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30) -> None:

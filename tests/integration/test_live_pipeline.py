@@ -138,7 +138,7 @@ def test_live_decisions_equal_evaluate(
     # Everything is in the input topics before the worker starts, so ingest reads it
     # in one micro-batch, in occurred_at order, as evaluate does.
     produced = produce_file(broker, topic_prefix, path)
-    assert f"produced {len(events)} events, 0 bad lines not sent" in produced.stderr
+    assert f"delivered {len(events)} of {len(events)} events" in produced.stderr
     start_worker(partitions=1, tick_interval=0)
 
     def complete() -> bool:
@@ -525,7 +525,9 @@ def test_produce_reports_bad_lines_and_sends_only_good_ones(
         "line 9",
     ]
     assert all("not sent" in line for line in reported)
-    assert "produced 3 events, 6 bad lines not sent" in result.stderr
+    assert f"delivered 3 of 9 events to {broker}; 6 bad lines not sent, 0 not delivered" in (
+        result.stderr
+    )
     assert private not in result.stderr and private not in result.stdout
     assert "'ip'" in reported[2]  # names the missing field
 
@@ -544,6 +546,47 @@ def test_produce_reports_bad_lines_and_sends_only_good_ones(
     for topic, event in zip(topics, good, strict=True):
         [rec] = readers[topic].records
         assert rec.key_text == f"{event['controller']}:{event['subject_id']}"
+
+
+def test_produce_checks_lines_as_ingest_would_and_reports_what_was_not_delivered(
+    broker: str, topic_prefix: str, tmp_path: Path, make_topics: MakeTopics, readers: Readers
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    good = click("inrego", "w1", now - timedelta(minutes=1))
+    huge = {**click("inrego", "w2", now), "user_agent": "x" * 9_000_000}
+    lines = [
+        json.dumps({**good, "controller": "acme"}),  # 1: no policy pack for it
+        json.dumps({**good, "occurred_at": "2024-01-10T10:00:00"}),  # 2: instant without zone
+        json.dumps(huge),  # 3: over the 8 MB record limit
+        json.dumps(good),  # 4: goes through, after the failures
+    ]
+    path = tmp_path / "checked.jsonl"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    make_topics(1)
+    result = cli("produce", "--broker", broker, "--prefix", topic_prefix, str(path))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1
+    reported = [x for x in result.stderr.splitlines() if x.startswith("line ")]
+    assert [x.split(":")[0] for x in reported] == ["line 1", "line 2", "line 3"]
+    assert "not sent" in reported[0] and "controller" in reported[0]
+    assert "not sent" in reported[1] and "occurred_at" in reported[1]
+    assert "not delivered: too large" in reported[2]
+    assert "delivered 1 of 4 events" in result.stderr
+    assert "2 bad lines not sent, 1 not delivered" in result.stderr
+    readers.wait(["clicks"], lambda: len(readers["clicks"].records) >= 1, 20, "the good line")
+    assert [r["event_id"] for r in readers["clicks"].values()] == [good["event_id"]]
+
+
+def test_commands_say_in_one_line_that_the_broker_is_down(unused_port: int) -> None:
+    dead = f"127.0.0.1:{unused_port}"
+    for args in (["produce", "--broker", dead, "-"], ["tail", "audit", "--broker", dead]):
+        result = cli(*args, stdin="", timeout=60)
+        assert result.returncode == 1, args
+        assert result.stderr.strip().splitlines() == [
+            f"Error: no Kafka broker answers at {dead} within 10 s (Failed to get metadata: "
+            "Local: Broker transport failure); is it running, and is --broker "
+            "(or KAFKA_BOOTSTRAP_SERVERS) right?"
+        ], args
 
 
 def test_produce_reports_a_line_that_is_not_utf8(
@@ -567,7 +610,8 @@ def test_produce_reports_a_line_that_is_not_utf8(
     assert [x for x in result.stderr.splitlines() if x.startswith("line ")][0].startswith(
         "line 2: not sent"
     )
-    assert "produced 2 events, 1 bad lines not sent" in result.stderr
+    assert "delivered 2 of 3 events" in result.stderr
+    assert "1 bad lines not sent, 0 not delivered" in result.stderr
     readers.wait(
         ["clicks"],
         lambda: len(readers["clicks"].records) >= 2,
