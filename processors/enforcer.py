@@ -15,7 +15,10 @@ The state passed in is updated in place and returned.
    - a consent, withdrawal or objection: `optout.record_consent`;
    - a data-subject request: `rights.answer_request`;
 5. retention (`retention.fire_due`): every timer due by `now` ends its data;
-6. plan commands (`erasure.plan_endings`): one erasure command per target system.
+6. plan commands (`erasure.plan_endings`): one erasure command per target system;
+7. track them (`tracker.track`), when the enforcer runs with a tracker (the live worker):
+   each stays open until its target answers (`on_ack`); `on_time` re-issues or escalates
+   the ones whose wait ran out.
 
 Steps 4 and 5 only decide what ends (an `erasure.Ending`); step 6 alone turns that into
 commands, so the decisions come out as: the tag (extract, rectify) first, then the
@@ -37,6 +40,7 @@ from .retention import end_by_record, fire_due, note_activity
 from .rights import answer_request
 from .state import RESTRICT_ALL, SubjectState
 from .tagging import tag_record
+from .tracker import Tracking, on_ack, retry_due, track
 from .vocabulary import EVENT_TYPES
 
 __all__ = ["RESTRICT_ALL", "TAGGED_TYPES", "Decision", "PolicyEnforcer"]
@@ -50,8 +54,9 @@ _SOURCE_BIT = {t: 1 << i for i, t in enumerate(sorted(EVENT_TYPES))}
 class PolicyEnforcer:
     """Applies each controller's policy pack to events and to the passing of time."""
 
-    def __init__(self, packs: Mapping[str, PolicyPack]) -> None:
+    def __init__(self, packs: Mapping[str, PolicyPack], tracking: Tracking | None = None) -> None:
         self.policies = {cid: CompiledPolicy(p) for cid, p in packs.items()}
+        self.tracking = tracking
 
     def policy(self, controller: str) -> CompiledPolicy:
         """The compiled pack of a controller; EventError if there is none."""
@@ -83,17 +88,33 @@ class PolicyEnforcer:
         # Data recorded already past its expiry (a late event) goes at once.
         fire_due(policy, state, now, endings, event.event_id)
         if endings:
-            decisions += plan_endings(policy, event.subject_id, endings)
+            commands = plan_endings(policy, event.subject_id, endings)
+            if self.tracking is not None:
+                track(state, commands, now, self.tracking)
+            decisions += commands
         return state, decisions
 
     def on_time(
         self, state: SubjectState, controller: str, subject_id: str, now: datetime
     ) -> tuple[SubjectState, list[Decision]]:
-        """The clock reached `now`: fire every retention timer of the subject due by then."""
+        """The clock reached `now`: fire every retention timer of the subject due by then,
+        and (with a tracker) re-issue or escalate the commands whose wait ran out."""
         policy = self.policy(controller)
         endings: list[Ending] = []
         fire_due(policy, state, now, endings)
-        return state, plan_endings(policy, subject_id, endings)
+        commands = plan_endings(policy, subject_id, endings)
+        if self.tracking is None:
+            return state, commands
+        track(state, commands, now, self.tracking)
+        return state, retry_due(state, now, self.tracking) + commands
+
+    def on_ack(
+        self, state: SubjectState, ack: Mapping[str, Any], now: datetime
+    ) -> tuple[SubjectState, list[Decision]]:
+        """A target answered one of the subject's commands; an escalation may follow."""
+        if self.tracking is None:
+            return state, []
+        return state, on_ack(state, ack, now, self.tracking)
 
 
 def _note(policy: CompiledPolicy, state: SubjectState, event: Event) -> None:

@@ -63,6 +63,16 @@ class RuleHold:
 
 
 @dataclass(slots=True)
+class TrackedCommand:
+    """An erasure command issued and not yet answered (see `tracker`)."""
+
+    decision: dict[str, Any]  # as issued last (its attempt), to issue again
+    attempt: int
+    deadline: datetime
+    next_try: datetime | None  # None once escalated: no more re-issues
+
+
+@dataclass(slots=True)
 class SubjectState:
     """Everything decided so far about one `controller:subject_id`."""
 
@@ -78,6 +88,8 @@ class SubjectState:
     # 8-byte digests of the latest event ids, oldest first; bytes are the most compact
     # container Python has for them (an array costs twice the header).
     recent: bytes = b""
+    # Erasure commands issued and not answered yet, by command_id (the tracker's).
+    commands: dict[str, TrackedCommand] | None = None
     # The instant the driver's timer index (Replay, the live worker) holds for this
     # subject; bookkeeping of the driver, derived again after a restore, never serialised.
     timer: datetime | None = None
@@ -103,11 +115,15 @@ class SubjectState:
         return [int.from_bytes(r[i : i + 8], "little") for i in range(0, len(r), 8)]
 
     def next_due(self) -> datetime | None:
-        """The earliest instant a retention timer of this subject fires."""
+        """The earliest instant a retention timer, or a command's wait, of this subject ends."""
         due: datetime | None = None
         for hold in self.holds.values():
             if hold.due is not None and (due is None or hold.due < due):
                 due = hold.due
+        if self.commands:
+            for tracked in self.commands.values():
+                if tracked.next_try is not None and (due is None or tracked.next_try < due):
+                    due = tracked.next_try
         return due
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +158,10 @@ class SubjectState:
             if self.activity is None
             else {k: t(v) for k, v in sorted(self.activity.items())},
             "recent": self.recent_digests(),
+            "commands": [
+                [c.decision, c.attempt, t(c.deadline), t(c.next_try)]
+                for c in (self.commands or {}).values()
+            ],
         }
 
     def pack(self) -> tuple[Any, ...]:
@@ -177,12 +197,19 @@ class SubjectState:
             self.categories,
             None if self.activity is None else tuple((k, t(v)) for k, v in self.activity.items()),
             self.recent,
+            None
+            if not self.commands
+            else tuple(
+                (c.decision, c.attempt, t(c.deadline), t(c.next_try))
+                for c in self.commands.values()
+            ),
         )
 
     @classmethod
     def unpack(cls, packed: tuple[Any, ...]) -> SubjectState:
         """Inverse of pack."""
-        role, holds, ledger, restricted, sources, categories, activity, recent = packed
+        role, holds, ledger, restricted, sources, categories, activity, recent = packed[:8]
+        tracked = packed[8] if len(packed) > 8 else None  # absent from older changelogs
         return cls(
             role=intern(role),
             holds={
@@ -214,6 +241,17 @@ class SubjectState:
             categories=categories,
             activity=None if activity is None else {intern(k): _at(v) for k, v in activity},
             recent=bytes(recent),
+            commands=None
+            if not tracked
+            else {
+                str(d["command_id"]): TrackedCommand(
+                    decision=dict(d),
+                    attempt=attempt,
+                    deadline=_at(deadline),
+                    next_try=None if next_try is None else _at(next_try),
+                )
+                for d, attempt, deadline, next_try in tracked
+            },
         )
 
     @classmethod
@@ -255,4 +293,10 @@ class SubjectState:
             if data.get("activity") is None
             else {intern(k): _at(v) for k, v in data["activity"].items()},
             recent=b"".join(int(d).to_bytes(8, "little") for d in data["recent"]),
+            commands={
+                str(d["command_id"]): TrackedCommand(dict(d), a, _at(dl), t(nt))
+                for d, a, dl, nt in data["commands"]
+            }
+            if data.get("commands")
+            else None,
         )
