@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -68,6 +69,22 @@ def broker(port: int | None, host: str) -> None:
     "--tick-interval", type=float, default=1.0, show_default=True, help="Seconds between ticks."
 )
 @secrets_option
+@click.option(
+    "--ack-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for a target's ack before issuing a command again (the wait "
+    "doubles with each attempt, up to 6 h).",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Attempts before an unanswered command goes to erasure-escalations for a person.",
+)
 @click.option("--log-level", default="warn", show_default=True, help="crit, error, warn, info.")
 def run(
     broker: str | None,
@@ -79,14 +96,20 @@ def run(
     app_id: str,
     tick_interval: float,
     secrets: Path,
+    ack_timeout: float,
+    max_attempts: int,
     log_level: str,
 ) -> None:
     """Run the live pipeline worker: ingest, enforce, erasure commands, metrics.
 
-    Consumes customers, orders, clicks, consents and privacy-requests; writes tagged-*,
-    erasure-commands, audit and dead-letters. With no broker configured it starts the
-    embedded broker itself (memory only). Metrics: http://127.0.0.1:METRICS_PORT/metrics
+    Consumes customers, orders, clicks, consents, privacy-requests and erasure-acks; writes
+    tagged-*, erasure-commands, erasure-escalations, audit and dead-letters. Every command
+    stays open until its target acks it; unanswered, it is issued again (same command_id,
+    next attempt) after --ack-timeout, doubling, and after --max-attempts it goes to
+    erasure-escalations. With no broker configured it starts the embedded broker itself
+    (memory only). Metrics: http://127.0.0.1:METRICS_PORT/metrics
     """
+    from privacy_pipeline.processors.tracker import Tracking
     from privacy_pipeline.streams.worker import WorkerConfig, run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -107,6 +130,7 @@ def run(
         policies=policies,
         tick_interval=tick_interval,
         secrets=secrets,
+        tracking=Tracking(ack_timeout=timedelta(seconds=ack_timeout), max_attempts=max_attempts),
     )
     click.echo(
         f"worker: broker {broker}, metrics http://{metrics_host}:{metrics_port}/metrics", err=True

@@ -34,7 +34,14 @@ from .records import (
 )
 from .serde import AvroSerde, RecordError
 from .signing import CommandSigner
-from .topics import AUDIT, DEAD_LETTERS, ERASURE_COMMANDS, TAGGED_CLICKS, TAGGED_TOPIC
+from .topics import (
+    AUDIT,
+    DEAD_LETTERS,
+    ERASURE_COMMANDS,
+    ERASURE_ESCALATIONS,
+    TAGGED_CLICKS,
+    TAGGED_TOPIC,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,11 @@ class EnforceCore:
         self._commands_topic = ERASURE_COMMANDS.named(prefix)
         self._audit_topic = AUDIT.named(prefix)
         self._dead_letters_topic = DEAD_LETTERS.named(prefix)
+        self._escalations_topic = ERASURE_ESCALATIONS.named(prefix)
+        # command_id -> subject key of the commands tracked, per partition: an ack names
+        # only its command. Built from the states on first use, like the timer index.
+        self._owners: dict[int, dict[str, str]] = {}
+        self.unmatched_acks = 0
         self.metrics = metrics
         self.wall_clock = wall_clock
         self.refetch = refetch
@@ -124,6 +136,7 @@ class EnforceCore:
             else:
                 self.states[key] = value
         self._timers.pop(partition, None)  # rebuilt on first use
+        self._owners.pop(partition, None)
 
     def _index(self, partition: int) -> list[tuple[datetime, str]]:
         timers = self._timers.get(partition)
@@ -247,6 +260,9 @@ class EnforceCore:
             record = item["event"]
             if record is None:
                 continue
+            if "command_id" in record and "status" in record:
+                self._ack(partition, record, timers, dirty, decisions)
+                continue
             if "ticker_id" in record:
                 try:
                     at = parse_instant(record["at"])
@@ -268,6 +284,7 @@ class EnforceCore:
             self.states[key] = state
             dirty.add(key)
             self._schedule(key, state, timers)
+            self._own(partition, key, out)
             for d in out:
                 decisions.append((d, record, event.type))
             produced.append(item["produced_at_ms"])
@@ -313,9 +330,57 @@ class EnforceCore:
             del self._scheduled[key]
             controller, subject_id = key.split(":", 1)
             state, out = self.enforcer.on_time(state, controller, subject_id, clock)
+            self._own(partition, key, out)
             dirty.add(key)
             decisions.extend((d, None, None) for d in out)
             self._schedule(key, state, timers)
+
+    def _owners_of(self, partition: int) -> dict[str, str]:
+        owners = self._owners.get(partition)
+        if owners is None:
+            owners = {}
+            for key, state in self.states.items():
+                if state.commands and subject_partition(key, self.partitions) == partition:
+                    owners.update(dict.fromkeys(state.commands, key))
+            self._owners[partition] = owners
+        return owners
+
+    def _own(self, partition: int, key: str, decisions: list[Decision]) -> None:
+        """Remember whose the commands just issued are (acks name only the command)."""
+        owners = None
+        for d in decisions:
+            if d["decision"] == "erasure":
+                owners = owners if owners is not None else self._owners_of(partition)
+                owners[d["command_id"]] = key
+
+    def _ack(
+        self,
+        partition: int,
+        ack: dict[str, Any],
+        timers: list[tuple[datetime, str]],
+        dirty: set[str],
+        decisions: list[tuple[Decision, dict[str, Any] | None, str | None]],
+    ) -> None:
+        """A target's answer: the tracker of the subject whose command it answers."""
+        command_id = str(ack["command_id"])
+        owners = self._owners_of(partition)
+        key = owners.get(command_id)
+        state = None if key is None else self.states.get(key)
+        if key is None or state is None or not state.commands or command_id not in state.commands:
+            # Answered already (a redelivered ack), or not a command of ours.
+            owners.pop(command_id, None)
+            self.unmatched_acks += 1
+            return
+        now = self.clocks.get(partition) or parse_instant(str(ack["completed_at"]))
+        state, out = self.enforcer.on_ack(state, ack, now)
+        if not state.commands or command_id not in state.commands:
+            owners.pop(command_id, None)
+        dirty.add(key)
+        self._schedule(key, state, timers)
+        decisions.extend((d, None, None) for d in out)
+        if self.metrics is not None:
+            controller = key.split(":", 1)[0]
+            self.metrics.observe_ack(ack.get("target"), ack.get("status"), controller)
 
     def _schedule(self, key: str, state: SubjectState, timers: list[tuple[datetime, str]]) -> None:
         # One heap entry per subject, as in `Replay._schedule`.
@@ -345,6 +410,9 @@ class EnforceCore:
             if kind == "erasure":
                 command = erasure_command(decision, version, self.signer)
                 send(self._commands_topic, key, encode(ERASURE_COMMANDS.value_schema, command))
+            elif kind == "escalation":
+                value = encode(ERASURE_ESCALATIONS.value_schema, decision)
+                send(self._escalations_topic, key, value)
             send(self._audit_topic, key, encode(AUDIT.value_schema, audit_record(decision, at)))
 
     def _dead_letter(self, item: dict[str, Any], error: str) -> None:

@@ -22,12 +22,13 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from privacy_pipeline.processors.events import EventError, parse_event
+from privacy_pipeline.processors.instants import InstantError, parse_instant
 
 from .records import subject_partition, wall_instant
 from .serde import AvroSerde, RecordError
 from .settings import ClientTuning
 from .subject_batch import SubjectBatchWriter, SubjectEntry
-from .topics import DEAD_LETTERS, INPUT_TOPICS, SUBJECT_LOG, topic_schema
+from .topics import DEAD_LETTERS, ERASURE_ACKS, INPUT_TOPICS, SUBJECT_LOG, topic_schema
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class IngestStats:
     dead_letters: int = 0
     batches: int = 0
     ticks: int = 0
+    acks: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -95,7 +97,10 @@ class Ingest:
         # Ticks start once the input partitions are ours: a tick in the subject log then
         # means ingest is live (the demo waits for the first micro-batch before producing).
         self.assigned = False
-        self.consumer.subscribe([prefix + t for t in INPUT_TOPICS], on_assign=self._on_assign)
+        # The targets' acks join the subject log too: the command tracker runs in order
+        # with the person's events, on the same clock, and its state is theirs.
+        topics = [prefix + t for t in (*INPUT_TOPICS, ERASURE_ACKS.name)]
+        self.consumer.subscribe(topics, on_assign=self._on_assign)
 
     def close(self) -> None:
         """Flush, commit what was written, and leave the group."""
@@ -191,6 +196,9 @@ class Ingest:
     def _accept(self, msg: Message, items: dict[int, list[tuple[Any, SubjectEntry]]]) -> None:
         topic = msg.topic() or ""
         contract = topic.removeprefix(self.prefix)
+        if contract == ERASURE_ACKS.name:
+            self._accept_ack(msg, items)
+            return
         value = msg.value()
         try:
             if value is None:
@@ -226,6 +234,36 @@ class Ingest:
         self.stats.events += 1
         if self.on_event is not None:
             self.on_event(contract, event.type, event.controller)
+
+    def _accept_ack(self, msg: Message, items: dict[int, list[tuple[Any, SubjectEntry]]]) -> None:
+        """An ack goes to the subject-log partition of the command it answers: the sink
+        wrote it to the command's partition, and all these topics are co-partitioned."""
+        value = msg.value()
+        try:
+            if value is None:
+                raise RecordError("undecodable", "record has no value")
+            name, record = self.serde.decode(value)
+            if name != ERASURE_ACKS.value_schema:
+                raise RecordError("wrong_schema", f"a {name} record on {ERASURE_ACKS.name}")
+            answered = parse_instant(str(record["completed_at"]))
+        except RecordError as exc:
+            self._dead(msg, ERASURE_ACKS.name, exc.reason, str(exc))
+            return
+        except InstantError:
+            self._dead(msg, ERASURE_ACKS.name, "invalid_event", "completed_at: not an instant")
+            return
+        _, stamp = msg.timestamp()
+        entry = SubjectEntry(
+            "",
+            ERASURE_ACKS.name,
+            msg.partition() or 0,
+            msg.offset() or 0,
+            stamp if stamp > 0 else int(self.wall_clock() * 1000),
+            name,
+            self.batches.body(value, name, record),
+        )
+        items.setdefault((msg.partition() or 0) % self.partitions, []).append((answered, entry))
+        self.stats.acks += 1
 
     def _dead(self, msg: Message, topic: str, reason: str, error: str) -> None:
         record = {

@@ -224,6 +224,8 @@ def _branch_of(value: Any) -> Any:
     name = EVENT_SCHEMAS.get(kind) if isinstance(kind, str) else None
     if name is None and "ticker_id" in value:
         name = "Tick"
+    elif name is None and "command_id" in value and "status" in value:
+        name = "ErasureAck"
     return value if name is None else (f"{NAMESPACE}.{name}", value)
 
 

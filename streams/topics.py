@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_PARTITIONS",
     "ERASURE_ACKS",
     "ERASURE_COMMANDS",
+    "ERASURE_ESCALATIONS",
     "EVENT_SCHEMAS",
     "INPUT_TOPICS",
     "ORDERS",
@@ -113,6 +114,12 @@ ERASURE_COMMANDS: Final = Topic(
 ERASURE_ACKS: Final = Topic(
     "erasure-acks", "ErasureAck", 30 * _DAY_MS, "acknowledgements from targets"
 )
+ERASURE_ESCALATIONS: Final = Topic(
+    "erasure-escalations",
+    "ErasureEscalation",
+    365 * _DAY_MS,
+    "commands a person must follow up (out of attempts, past the deadline, failed)",
+)
 AUDIT: Final = Topic("audit", "AuditRecord", 365 * _DAY_MS, "every decision, replayable")
 DEAD_LETTERS: Final = Topic(
     "dead-letters", "DeadLetter", 14 * _DAY_MS, "bad input with reason and origin"
@@ -130,6 +137,7 @@ TOPICS: Final[tuple[Topic, ...]] = (
     TAGGED_CLICKS,
     ERASURE_COMMANDS,
     ERASURE_ACKS,
+    ERASURE_ESCALATIONS,
     AUDIT,
     DEAD_LETTERS,
 )

@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.policy import load_packs, packaged_policies
+from privacy_pipeline.processors.tracker import Tracking
 
 from . import faust_fixes
 from .enforce import EnforceCore, Group, decode_changelog
@@ -87,6 +88,7 @@ class WorkerConfig:
     ingest: bool = True
     datadir: Path | None = None
     secrets: Path = field(default_factory=default_secrets)
+    tracking: Tracking = field(default_factory=Tracking)
 
     @property
     def bootstrap(self) -> str:
@@ -237,7 +239,7 @@ def build_app(
         help="Subject states (consent ledger, retention holds, timers), micro-batched changelog",
     )
     app.tables.add(table)
-    enforcer = PolicyEnforcer(load_packs(config.policies))
+    enforcer = PolicyEnforcer(load_packs(config.policies), tracking=config.tracking)
     core = EnforceCore(
         enforcer,
         AvroSerde(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.instants import parse_instant
 from privacy_pipeline.processors.replay import Replay
+from privacy_pipeline.processors.tracker import Tracking
 from privacy_pipeline.streams.enforce import CLOCK_KEY, OFFSET_KEY, EnforceCore, decode_changelog
 from privacy_pipeline.streams.metrics import PipelineMetrics
 from privacy_pipeline.streams.records import subject_partition, subject_ref
@@ -94,10 +96,11 @@ def new_core(
     prefix: str = "",
     states: dict[str, Any] | None = None,
     metrics: PipelineMetrics | None = None,
+    tracking: Tracking | None = None,
 ) -> tuple[EnforceCore, FakeOutputs]:
     out = outputs if outputs is not None else FakeOutputs()
     core = EnforceCore(
-        PolicyEnforcer(packs()),
+        PolicyEnforcer(packs(), tracking),
         SERDE,
         out,
         states={} if states is None else states,
@@ -863,3 +866,95 @@ def test_an_undecodable_micro_batch_counts_as_seen_not_as_a_gap() -> None:
     core.process_many([(0, events_batch([VISIT], 2), 2)])
     assert asked == []
     assert core.applied == {0: 2}
+
+
+# -- the command tracker: acks through the subject log ------------------------------------
+
+TRACKING = Tracking(ack_timeout=timedelta(minutes=10), max_attempts=3)
+ASKED = "2026-03-03T09:00:00Z"
+
+
+def ack_item(command: Mapping[str, Any], status: str, offset: int, **kw: Any) -> dict[str, Any]:
+    """A subject-log item for a target's ack, as ingest writes it (no subject key)."""
+    return {
+        "key": "",
+        "source_topic": "erasure-acks",
+        "source_partition": 0,
+        "source_offset": offset,
+        "produced_at_ms": 1_700_000_000_000,
+        "event": {
+            "command_id": command["command_id"],
+            "target": command["target"],
+            "status": status,
+            "completed_at": ASKED,
+            "detail": None,
+            "attempt": kw.get("attempt", 1),
+            "retryable": kw.get("retryable", False),
+            "rows": {"customers": 1},
+        },
+    }
+
+
+def test_acks_close_commands_and_the_unanswered_one_is_reissued_then_escalated() -> None:
+    """Inrego, an erasure request (GDPR art. 17): three targets get a command; two answer,
+    the third is asked again after 10 and 20 minutes, then handed to a person."""
+    core, out = new_core(tracking=TRACKING)
+    events = [
+        customer("inrego", "s1", "2026-03-02T09:00:00Z"),
+        request("inrego", "s1", ASKED, "erasure", request_id="R-1"),
+    ]
+    core.process_batch(0, events_batch(events), 0)
+    commands = commands_of(out.take())
+    assert len(commands) == 3 and {c["attempt"] for c in commands} == {1}
+    done, gone, silent = commands
+    core.process_batch(
+        0,
+        batch(
+            [
+                ack_item(done, "done", 0),
+                ack_item(gone, "not_found", 1),
+                ack_item({**silent, "command_id": "someone-elses"}, "done", 2),
+            ]
+        ),
+        1,
+    )
+    assert out.take() == []  # answers decide nothing visible
+    assert core.unmatched_acks == 1
+    assert set(core.states["inrego:s1"].commands or {}) == {silent["command_id"]}
+
+    core.process_batch(0, batch([tick(0, "2026-03-03T09:10:00Z")]), 2)
+    sent = out.take()
+    [again] = commands_of(sent)
+    assert again == {**silent, "attempt": 2}  # the same command, the next attempt
+    assert [t for t, *_ in sent] == ["erasure-commands", "audit"]
+
+    core.process_batch(0, batch([tick(0, "2026-03-03T09:30:00Z")]), 3)
+    assert [c["attempt"] for c in commands_of(out.take())] == [3]
+    core.process_batch(0, batch([tick(0, "2026-03-03T10:10:00Z")]), 4)
+    sent = out.take()
+    assert [(t, name) for t, _k, name, _r in sent] == [
+        ("erasure-escalations", "ErasureEscalation"),
+        ("audit", "AuditRecord"),
+    ]
+    escalation = sent[0][3]
+    assert escalation["command_id"] == silent["command_id"]
+    assert (escalation["reason"], escalation["attempt"]) == ("attempts_exhausted", 3)
+    assert (escalation["target"], escalation["request_id"]) == (silent["target"], "R-1")
+    assert escalation["escalated_at"] == "2026-03-03T10:10:00Z"
+
+
+def test_a_restored_core_routes_acks_to_the_right_subject() -> None:
+    core, out = new_core(tracking=TRACKING)
+    events = [
+        customer("inrego", "s1", "2026-03-02T09:00:00Z"),
+        request("inrego", "s1", ASKED, "erasure", request_id="R-1"),
+    ]
+    record = core.process_batch(0, events_batch(events), 0)
+    assert record is not None
+    commands = commands_of(out.take())
+    fresh, _ = new_core(tracking=TRACKING)
+    fresh.restore(0, decode_changelog(record))
+    assert fresh.states["inrego:s1"].commands is not None
+    fresh.process_batch(0, batch([ack_item(c, "done", i) for i, c in enumerate(commands)]), 1)
+    assert fresh.unmatched_acks == 0
+    assert fresh.states["inrego:s1"].commands is None

@@ -467,6 +467,7 @@ def test_outside_consumer_decodes_a_batch_with_the_avsc_files(serde: AvroSerde) 
         "consent_event.avsc",
         "privacy_request.avsc",
         "tick.avsc",
+        "erasure_ack.avsc",
         "subject_item.avsc",
         "subject_batch.avsc",
     ]

@@ -25,6 +25,7 @@ def test_contract_topic_names() -> None:
     assert set(OUTPUT_TOPICS) == {
         "erasure-commands",
         "erasure-acks",
+        "erasure-escalations",
         "audit",
         "dead-letters",
         "tagged-customers",
