@@ -40,7 +40,7 @@ from .retention import end_by_record, fire_due, note_activity
 from .rights import answer_request
 from .state import RESTRICT_ALL, SubjectState
 from .tagging import tag_record
-from .tracker import Tracking, on_ack, retry_due, track
+from .tracker import Tracking, on_ack, open_request, retry_due, track
 from .vocabulary import EVENT_TYPES
 
 __all__ = ["RESTRICT_ALL", "TAGGED_TYPES", "Decision", "PolicyEnforcer"]
@@ -92,6 +92,16 @@ class PolicyEnforcer:
             if self.tracking is not None:
                 track(state, commands, now, self.tracking)
             decisions += commands
+        if self.tracking is not None and event.type == "privacy_request":
+            # GDPR art. 12(3): answered within one month of receipt.
+            due = policy.rights_deadline.after(event.occurred_at, policy.zone)
+            about = {
+                "request_id": event.request_id,
+                "right": event.right,
+                "controller": event.controller,
+                "subject_id": event.subject_id,
+            }
+            decisions.append(open_request(state, about, decisions, event.occurred_at, due, now))
         return state, decisions
 
     def on_time(

@@ -73,6 +73,16 @@ class TrackedCommand:
 
 
 @dataclass(slots=True)
+class TrackedRequest:
+    """A privacy request being answered: each of its commands' outcome so far."""
+
+    right: str
+    received_at: datetime
+    due_at: datetime  # one month after receipt, GDPR art. 12(3)
+    outcomes: dict[str, list[str]]  # command_id -> [target, outcome]
+
+
+@dataclass(slots=True)
 class SubjectState:
     """Everything decided so far about one `controller:subject_id`."""
 
@@ -90,6 +100,8 @@ class SubjectState:
     recent: bytes = b""
     # Erasure commands issued and not answered yet, by command_id (the tracker's).
     commands: dict[str, TrackedCommand] | None = None
+    # Privacy requests whose commands are not all settled, by request_id (the tracker's).
+    requests: dict[str, TrackedRequest] | None = None
     # The instant the driver's timer index (Replay, the live worker) holds for this
     # subject; bookkeeping of the driver, derived again after a restore, never serialised.
     timer: datetime | None = None
@@ -162,6 +174,10 @@ class SubjectState:
                 [c.decision, c.attempt, t(c.deadline), t(c.next_try)]
                 for c in (self.commands or {}).values()
             ],
+            "requests": [
+                [rid, r.right, t(r.received_at), t(r.due_at), r.outcomes]
+                for rid, r in (self.requests or {}).items()
+            ],
         }
 
     def pack(self) -> tuple[Any, ...]:
@@ -203,6 +219,12 @@ class SubjectState:
                 (c.decision, c.attempt, t(c.deadline), t(c.next_try))
                 for c in self.commands.values()
             ),
+            None
+            if not self.requests
+            else tuple(
+                (rid, r.right, t(r.received_at), t(r.due_at), r.outcomes)
+                for rid, r in self.requests.items()
+            ),
         )
 
     @classmethod
@@ -210,6 +232,7 @@ class SubjectState:
         """Inverse of pack."""
         role, holds, ledger, restricted, sources, categories, activity, recent = packed[:8]
         tracked = packed[8] if len(packed) > 8 else None  # absent from older changelogs
+        requests = packed[9] if len(packed) > 9 else None
         return cls(
             role=intern(role),
             holds={
@@ -251,6 +274,12 @@ class SubjectState:
                     next_try=None if next_try is None else _at(next_try),
                 )
                 for d, attempt, deadline, next_try in tracked
+            },
+            requests=None
+            if not requests
+            else {
+                rid: TrackedRequest(right, _at(received), _at(due), dict(outcomes))
+                for rid, right, received, due, outcomes in requests
             },
         )
 
@@ -298,5 +327,11 @@ class SubjectState:
                 for d, a, dl, nt in data["commands"]
             }
             if data.get("commands")
+            else None,
+            requests={
+                rid: TrackedRequest(right, _at(rec), _at(due), dict(outcomes))
+                for rid, right, rec, due, outcomes in data["requests"]
+            }
+            if data.get("requests")
             else None,
         )

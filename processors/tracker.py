@@ -20,9 +20,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .instants import format_instant, parse_instant
-from .state import SubjectState, TrackedCommand
+from .state import SubjectState, TrackedCommand, TrackedRequest
 
-__all__ = ["ANSWERED", "Tracking", "on_ack", "retry_due", "track"]
+__all__ = ["ANSWERED", "Tracking", "on_ack", "open_request", "retry_due", "track"]
 
 ANSWERED = frozenset({"done", "not_found", "retained"})
 """Ack statuses that close a command: acted on, nothing to act on, or kept restricted."""
@@ -73,9 +73,10 @@ def on_ack(
         del commands[str(ack["command_id"])]
         if not commands:
             state.commands = None
-        return []
+        return _settle(state, tracked, status, now)
     if status == "failed" and not ack.get("retryable", False):
-        return [_escalate(tracked, now, "failed", ack.get("detail"))]
+        escalation = _escalate(tracked, now, "failed", ack.get("detail"))
+        return [escalation, *_settle(state, tracked, "escalated", now)]
     # A retryable failure: ask again once the back-off has passed, not at once (an
     # escalated command stays with the person it went to).
     if tracked.next_try is not None:
@@ -91,10 +92,10 @@ def retry_due(state: SubjectState, now: datetime, t: Tracking) -> list[dict[str,
     for tracked in sorted(state.commands.values(), key=_due_order):
         if tracked.next_try is None or tracked.next_try > now:
             continue
-        if tracked.attempt >= t.max_attempts:
-            out.append(_escalate(tracked, now, "attempts_exhausted", None))
-        elif now >= tracked.deadline:
-            out.append(_escalate(tracked, now, "deadline_passed", None))
+        if tracked.attempt >= t.max_attempts or now >= tracked.deadline:
+            why = "attempts_exhausted" if tracked.attempt >= t.max_attempts else "deadline_passed"
+            out.append(_escalate(tracked, now, why, None))
+            out += _settle(state, tracked, "escalated", now)
         else:
             again = {**tracked.decision, "attempt": tracked.attempt + 1}
             tracked.decision = again
@@ -128,3 +129,87 @@ def _escalate(tracked: TrackedCommand, now: datetime, why: str, detail: Any) -> 
         "detail": None if detail is None else str(detail),
     }
     return escalation
+
+
+# -- privacy requests ---------------------------------------------------------------------
+
+
+def open_request(
+    state: SubjectState,
+    request: Mapping[str, Any],
+    decisions: list[dict[str, Any]],
+    received_at: datetime,
+    due_at: datetime,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status of a privacy request just answered: `in_progress` while its commands are
+    open, `completed` at once when it needs none (an extract, nothing held)."""
+    request_id = str(request["request_id"])
+    outcomes = {
+        d["command_id"]: [d["target"], "pending"]
+        for d in decisions
+        if d["decision"] == "erasure" and d.get("request_id") == request_id
+    }
+    tracked = TrackedRequest(str(request["right"]), received_at, due_at, outcomes)
+    extract = next((d for d in decisions if d["decision"] == "extract"), None)
+    if outcomes:
+        if state.requests is None:
+            state.requests = {}
+        state.requests[request_id] = tracked
+    return _status(request, request_id, tracked, now, extract)
+
+
+def _settle(
+    state: SubjectState, command: TrackedCommand, outcome: str, now: datetime
+) -> list[dict[str, Any]]:
+    """Note a command's outcome in its request; the request's status when it changed."""
+    request_id = command.decision.get("request_id")
+    requests = state.requests
+    tracked = None if requests is None or request_id is None else requests.get(request_id)
+    if requests is None or tracked is None:
+        return []
+    entry = tracked.outcomes.get(str(command.decision["command_id"]))
+    if entry is None or entry[1] == outcome:
+        return []
+    entry[1] = outcome
+    status = _rollup(tracked)
+    if status == "in_progress":
+        return []
+    del requests[str(request_id)]
+    if not requests:
+        state.requests = None
+    return [_status(command.decision, str(request_id), tracked, now, None)]
+
+
+def _rollup(tracked: TrackedRequest) -> str:
+    outcomes = [outcome for _target, outcome in tracked.outcomes.values()]
+    if not outcomes or all(o in ANSWERED for o in outcomes):
+        return "completed"
+    if "pending" in outcomes:
+        return "in_progress"
+    return "partially_completed" if any(o in ANSWERED for o in outcomes) else "failed"
+
+
+def _status(
+    about: Mapping[str, Any],
+    request_id: str,
+    tracked: TrackedRequest,
+    now: datetime,
+    extract: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "decision": "request_status",
+        "request_id": request_id,
+        "controller": about["controller"],
+        "subject_id": about["subject_id"],
+        "right": tracked.right,
+        "status": _rollup(tracked),
+        "received_at": format_instant(tracked.received_at),
+        "due_at": format_instant(tracked.due_at),
+        "updated_at": format_instant(now),
+        "targets": [
+            {"target": target, "command_id": command_id, "outcome": outcome}
+            for command_id, (target, outcome) in tracked.outcomes.items()
+        ],
+        "extract": None if extract is None else dict(extract),
+    }

@@ -39,6 +39,7 @@ from .topics import (
     DEAD_LETTERS,
     ERASURE_COMMANDS,
     ERASURE_ESCALATIONS,
+    PRIVACY_REQUEST_STATUS,
     TAGGED_CLICKS,
     TAGGED_TOPIC,
 )
@@ -77,6 +78,13 @@ class Group:
 Refetch = Callable[[int, int, int], list[tuple[int, bytes]]]
 
 
+def _canonical(value: Any) -> str | None:
+    """An extract as canonical JSON text (None stays None)."""
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
 class EnforceCore:
     """Applies micro-batches to the subject states of the partitions this worker owns."""
 
@@ -106,6 +114,7 @@ class EnforceCore:
         self._audit_topic = AUDIT.named(prefix)
         self._dead_letters_topic = DEAD_LETTERS.named(prefix)
         self._escalations_topic = ERASURE_ESCALATIONS.named(prefix)
+        self._status_topic = PRIVACY_REQUEST_STATUS.named(prefix)
         # command_id -> subject key of the commands tracked, per partition: an ack names
         # only its command. Built from the states on first use, like the timer index.
         self._owners: dict[int, dict[str, str]] = {}
@@ -413,6 +422,9 @@ class EnforceCore:
             elif kind == "escalation":
                 value = encode(ERASURE_ESCALATIONS.value_schema, decision)
                 send(self._escalations_topic, key, value)
+            elif kind == "request_status":
+                status = {**decision, "extract": _canonical(decision["extract"])}
+                send(self._status_topic, key, encode(PRIVACY_REQUEST_STATUS.value_schema, status))
             send(self._audit_topic, key, encode(AUDIT.value_schema, audit_record(decision, at)))
 
     def _dead_letter(self, item: dict[str, Any], error: str) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "ORDERS",
     "OUTPUT_TOPICS",
     "PRIVACY_REQUESTS",
+    "PRIVACY_REQUEST_STATUS",
     "SUBJECT_LOG",
     "TAGGED_CLICKS",
     "TAGGED_CUSTOMERS",
@@ -120,6 +121,12 @@ ERASURE_ESCALATIONS: Final = Topic(
     365 * _DAY_MS,
     "commands a person must follow up (out of attempts, past the deadline, failed)",
 )
+PRIVACY_REQUEST_STATUS: Final = Topic(
+    "privacy-request-status",
+    "PrivacyRequestStatus",
+    365 * _DAY_MS,
+    "where each privacy request stands, per target",
+)
 AUDIT: Final = Topic("audit", "AuditRecord", 365 * _DAY_MS, "every decision, replayable")
 DEAD_LETTERS: Final = Topic(
     "dead-letters", "DeadLetter", 14 * _DAY_MS, "bad input with reason and origin"
@@ -138,6 +145,7 @@ TOPICS: Final[tuple[Topic, ...]] = (
     ERASURE_COMMANDS,
     ERASURE_ACKS,
     ERASURE_ESCALATIONS,
+    PRIVACY_REQUEST_STATUS,
     AUDIT,
     DEAD_LETTERS,
 )

@@ -36,7 +36,26 @@ def erasure_requested(
     state, decisions = enforcer.on_event(state, event, at(ASKED))
     commands = [d for d in decisions if d["decision"] == "erasure"]
     assert {c["target"] for c in commands} == TARGETS
+    statuses = [d for d in decisions if d["decision"] == "request_status"]
+    if tracking is None:
+        assert statuses == []
+    else:
+        [status] = statuses
+        assert (status["request_id"], status["right"], status["status"]) == (
+            "R-1",
+            "erasure",
+            "in_progress",
+        )
+        # GDPR art. 12(3): one month from receipt, on Stockholm's calendar.
+        assert (status["received_at"], status["due_at"]) == (ASKED, "2026-04-03T08:00:00Z")
+        assert {(t["target"], t["outcome"]) for t in status["targets"]} == {
+            (t, "pending") for t in TARGETS
+        }
     return enforcer, state, commands
+
+
+def statuses(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in decisions if d["decision"] == "request_status"]
 
 
 def ack(command: dict[str, Any], status: str, **kw: Any) -> dict[str, Any]:
@@ -54,10 +73,17 @@ def test_answered_commands_close_and_leave_nothing_behind() -> None:
     assert state.commands is not None and set(state.commands) == {c["command_id"] for c in commands}
     # The first wait ends ten minutes after the request.
     assert state.next_due() == at(ASKED, timedelta(minutes=10))
-    for command, status in zip(commands, ["done", "not_found", "retained"], strict=True):
-        state, out = enforcer.on_ack(state, ack(command, status), at(ASKED, timedelta(minutes=1)))
-        assert out == []
-    assert state.commands is None
+    answers = ["done", "not_found", "retained"]
+    for n, (command, status) in enumerate(zip(commands, answers, strict=True)):
+        state, out = enforcer.on_ack(state, ack(command, status), at(ASKED, timedelta(minutes=n)))
+        assert out == [] if n < 2 else len(out) == 1
+    # The last answer completes the request: not_found counts as done, kept apart.
+    [status] = statuses(out)
+    assert status["status"] == "completed" and status["updated_at"] == "2026-03-03T09:02:00Z"
+    assert {(t["target"], t["outcome"]) for t in status["targets"]} == {
+        (c["target"], a) for c, a in zip(commands, answers, strict=True)
+    }
+    assert state.commands is None and state.requests is None
     assert state.next_due() is None  # no timer left for this subject
     _, out = enforcer.on_time(state, "inrego", "s1", at(ASKED, timedelta(days=40)))
     assert out == []
@@ -83,12 +109,15 @@ def test_no_answer_reissues_with_the_same_id_doubling_the_wait_then_escalates() 
     _, out = enforcer.on_time(state, "inrego", "s1", at(ASKED, timedelta(minutes=30)))
     assert {d["attempt"] for d in out} == {3}
     _, out = enforcer.on_time(state, "inrego", "s1", at(ASKED, timedelta(minutes=70)))
-    assert {(d["decision"], d["reason"], d["attempt"]) for d in out} == {
-        ("escalation", "attempts_exhausted", 3)
-    }
-    assert {d["command_id"] for d in out} == ids
-    assert {d["escalated_at"] for d in out} == {"2026-03-03T10:10:00Z"}
-    assert {d["request_id"] for d in out} == {"R-1"}
+    escalations = [d for d in out if d["decision"] == "escalation"]
+    assert {(d["reason"], d["attempt"]) for d in escalations} == {("attempts_exhausted", 3)}
+    assert {d["command_id"] for d in escalations} == ids
+    assert {d["escalated_at"] for d in escalations} == {"2026-03-03T10:10:00Z"}
+    assert {d["request_id"] for d in escalations} == {"R-1"}
+    # No target answered: the request failed, and says which targets were escalated.
+    [status] = statuses(out)
+    assert status["status"] == "failed"
+    assert {t["outcome"] for t in status["targets"]} == {"escalated"}
     # Escalated: no more re-issues, but still open for a late answer.
     assert state.next_due() is None
     assert state.commands is not None and len(state.commands) == 3
@@ -112,7 +141,7 @@ def test_retryable_failure_waits_then_a_permanent_one_goes_to_a_person() -> None
     )
     assert [(d["decision"], d["reason"], d["detail"]) for d in out] == [
         ("escalation", "failed", "no restricted column in invoices")
-    ]
+    ]  # the request is still in progress: the other two may yet answer
     _, out = enforcer.on_time(state, "inrego", "s1", at(ASKED, timedelta(minutes=10)))
     # the failed-retryable one and the unanswered one are asked again; not the escalated
     assert {d["command_id"] for d in out} == {lost["command_id"], commands[2]["command_id"]}
@@ -139,15 +168,20 @@ def test_past_its_deadline_a_command_is_escalated_not_reissued() -> None:
     _, out = enforcer.on_time(state, "inrego", "s1", at(ASKED, timedelta(days=30)))
     assert {d["attempt"] for d in out} == {3}
     _, out = enforcer.on_time(state, "inrego", "s1", at(ASKED, timedelta(days=70)))
-    assert {(d["decision"], d["reason"]) for d in out} == {("escalation", "deadline_passed")}
+    assert {(d["decision"], d.get("reason")) for d in out} == {
+        ("escalation", "deadline_passed"),
+        ("request_status", None),
+    }
 
 
 def test_open_commands_survive_pack_and_unpack() -> None:
     _, state, commands = erasure_requested()
     restored = SubjectState.unpack(state.pack())
     assert restored.commands == state.commands
+    assert restored.requests == state.requests and state.requests is not None
     assert restored.next_due() == state.next_due()
     assert SubjectState.from_dict(state.to_dict()).commands == state.commands
+    assert SubjectState.from_dict(state.to_dict()).requests == state.requests
     # A changelog written before the tracker existed (8 fields) still reads.
     assert SubjectState.unpack(state.pack()[:8]).commands is None
 
@@ -158,3 +192,26 @@ def test_without_a_tracker_nothing_is_followed() -> None:
     assert state.commands is None
     _, out = enforcer.on_time(state, "inrego", "s1", at(ASKED, timedelta(days=60)))
     assert out == []
+
+
+def test_partly_answered_request_is_partially_completed() -> None:
+    enforcer, state, commands = erasure_requested()
+    state, _ = enforcer.on_ack(state, ack(commands[0], "done"), at(ASKED, timedelta(minutes=1)))
+    state, _ = enforcer.on_ack(state, ack(commands[1], "done"), at(ASKED, timedelta(minutes=1)))
+    state, out = enforcer.on_ack(
+        state, ack(commands[2], "failed", retryable=False), at(ASKED, timedelta(minutes=2))
+    )
+    [status] = statuses(out)
+    assert status["status"] == "partially_completed"
+
+
+def test_an_access_request_is_completed_at_once_with_its_extract() -> None:
+    enforcer = PolicyEnforcer(packs(), TRACKING)
+    state, _ = enforcer.on_event(None, parse_event(customer("inrego", "s1", CREATED)), at(CREATED))
+    event = parse_event(request("inrego", "s1", ASKED, "access", request_id="R-2"))
+    state, out = enforcer.on_event(state, event, at(ASKED))
+    [extract] = [d for d in out if d["decision"] == "extract"]
+    [status] = statuses(out)
+    assert (status["status"], status["targets"]) == ("completed", [])
+    assert status["extract"] == extract
+    assert state.requests is None

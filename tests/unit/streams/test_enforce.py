@@ -904,8 +904,11 @@ def test_acks_close_commands_and_the_unanswered_one_is_reissued_then_escalated()
         request("inrego", "s1", ASKED, "erasure", request_id="R-1"),
     ]
     core.process_batch(0, events_batch(events), 0)
-    commands = commands_of(out.take())
+    sent = out.take()
+    commands = commands_of(sent)
     assert len(commands) == 3 and {c["attempt"] for c in commands} == {1}
+    [received] = [r for t, _k, _n, r in sent if t == "privacy-request-status"]
+    assert (received["status"], received["extract"]) == ("in_progress", None)
     done, gone, silent = commands
     core.process_batch(
         0,
@@ -935,7 +938,18 @@ def test_acks_close_commands_and_the_unanswered_one_is_reissued_then_escalated()
     assert [(t, name) for t, _k, name, _r in sent] == [
         ("erasure-escalations", "ErasureEscalation"),
         ("audit", "AuditRecord"),
+        ("privacy-request-status", "PrivacyRequestStatus"),
+        ("audit", "AuditRecord"),
     ]
+    # Two targets answered, one never did: the request is partially completed.
+    status = sent[2][3]
+    assert (status["request_id"], status["status"]) == ("R-1", "partially_completed")
+    assert {(t["target"], t["outcome"]) for t in status["targets"]} == {
+        (done["target"], "done"),
+        (gone["target"], "not_found"),
+        (silent["target"], "escalated"),
+    }
+    assert status["due_at"] == "2026-04-03T08:00:00Z"  # one month, GDPR art. 12(3)
     escalation = sent[0][3]
     assert escalation["command_id"] == silent["command_id"]
     assert (escalation["reason"], escalation["attempt"]) == ("attempts_exhausted", 3)

@@ -26,6 +26,7 @@ def test_contract_topic_names() -> None:
         "erasure-commands",
         "erasure-acks",
         "erasure-escalations",
+        "privacy-request-status",
         "audit",
         "dead-letters",
         "tagged-customers",
