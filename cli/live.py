@@ -582,4 +582,122 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-COMMANDS = [broker, run, demo, produce, tail, sink]
+@click.command()
+@broker_option(required=True)
+@prefix_option
+@click.argument("request_id", required=False)
+@click.option("--overdue", is_flag=True, help="Only requests not settled past their due date.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (the latest status of each).")
+@click.option(
+    "--now",
+    "now_text",
+    metavar="INSTANT",
+    default=None,
+    help="The instant 'overdue' is judged at (default: the wall clock).",
+)
+def requests(
+    broker: str,
+    prefix: str,
+    request_id: str | None,
+    overdue: bool,
+    as_json: bool,
+    now_text: str | None,
+) -> None:
+    """The status of privacy requests, for the DPO who answers the person.
+
+    Reads privacy-request-status from the beginning and shows the latest status of each
+    request: its right, status, when it was received and is due (one month, GDPR art.
+    12(3)), and how its target systems answered. With REQUEST_ID, that one request with
+    each target and the person's id.
+
+    \b
+    Examples:
+      privacy-pipeline requests --broker 127.0.0.1:9092 --overdue
+      privacy-pipeline requests REQ-4711 --broker 127.0.0.1:9092
+    """
+    from datetime import UTC, datetime
+
+    from privacy_pipeline.processors.instants import InstantError, parse_instant
+    from privacy_pipeline.streams.topics import PRIVACY_REQUEST_STATUS
+
+    try:
+        now = parse_instant(now_text) if now_text else datetime.now(UTC)
+    except InstantError as exc:
+        raise click.BadParameter(str(exc), param_hint="--now") from None
+    _require_broker(broker)
+    latest: dict[str, dict[str, Any]] = {}
+    for record in _read_all(broker, PRIVACY_REQUEST_STATUS.named(prefix)):
+        latest[str(record["request_id"])] = record
+    chosen = [
+        r
+        for r in latest.values()
+        if (request_id is None or r["request_id"] == request_id)
+        and (not overdue or (_open(r) and parse_instant(r["due_at"]) < now))
+    ]
+    if request_id is not None and not chosen:
+        raise click.ClickException(f"no request {request_id} on {PRIVACY_REQUEST_STATUS.name}")
+    chosen.sort(key=lambda r: (r["due_at"], r["request_id"]))
+    for r in chosen:
+        if as_json:
+            click.echo(json.dumps(r, ensure_ascii=False, sort_keys=True))
+            continue
+        late = "  OVERDUE" if _open(r) and parse_instant(r["due_at"]) < now else ""
+        answered = [t for t in r["targets"] if t["outcome"] != "pending"]
+        click.echo(
+            f"{r['request_id']}  {r['controller']}  {r['right']:<13} {r['status']:<19} "
+            f"received {r['received_at']}  due {r['due_at']}{late}  "
+            f"targets {len(answered)}/{len(r['targets'])} answered"
+        )
+        if request_id is not None:
+            click.echo(f"  person: {r['controller']}:{r['subject_id']}; updated {r['updated_at']}")
+            for t in r["targets"]:
+                click.echo(f"  {t['target']:<28} {t['outcome']:<10} command {t['command_id']}")
+    if not as_json:
+        click.echo(f"{len(chosen)} of {len(latest)} requests", err=True)
+
+
+def _open(record: dict[str, Any]) -> bool:
+    return record["status"] in ("received", "in_progress")
+
+
+def _read_all(broker: str, topic: str, idle: float = 5.0) -> list[dict[str, Any]]:
+    """Every decodable record of *topic*, oldest first per partition, up to its end."""
+    import uuid
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    from privacy_pipeline.streams.serde import AvroSerde, RecordError
+
+    serde = AvroSerde()
+    config = Settings().tuning.reader_consumer(broker, f"privacy-pipeline-read-{uuid.uuid4()}")
+    consumer = Consumer({**config, "enable.partition.eof": True})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise click.ClickException(f"topic '{topic}' not found on {broker}")
+        partitions = sorted(metadata.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
+        out: list[dict[str, Any]] = []
+        last = time.monotonic()
+        while len(at_end) < len(partitions) and time.monotonic() - last < idle:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition() or 0)
+                continue
+            last = time.monotonic()
+            at_end.discard(msg.partition() or 0)
+            try:
+                out.append(serde.decode(msg.value() or b"")[1])
+            except RecordError:
+                continue
+        return out
+    finally:
+        consumer.close()
+
+
+COMMANDS = [broker, run, demo, produce, tail, sink, requests]

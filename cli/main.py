@@ -52,7 +52,7 @@ def main() -> None:
 
     \b
     Offline:  evaluate, policy check, policy schema
-    Live:     broker, run, demo, produce, tail, sink
+    Live:     broker, run, demo, produce, tail, sink, requests
     """
 
 
