@@ -13,7 +13,7 @@ PACKAGE_DIRS := $(CODE_DIRS) schemas policies
 # needs a reinstall: the stamp depends on the list of files, rewritten only when it changes.
 FILE_LIST := $(VENV)/.package-files
 
-.PHONY: demo run test lint typecheck wheel-check unit integration bench bench-evaluate clean
+.PHONY: demo run test lint typecheck wheel-check unit integration bench bench-sink bench-evaluate clean
 
 $(FILE_LIST): FORCE
 	@mkdir -p $(VENV)
@@ -59,6 +59,9 @@ bench-evaluate: $(STAMP)  ## evaluate vs. bare JSON read-and-write, 200k events
 
 bench: $(STAMP)           ## pipeline vs. passthrough on the embedded broker
 	$(BIN)/python bench/bench_pipeline.py
+
+bench-sink: $(STAMP)      ## sink vs. a bare loop of the same SQL, on SQLite and PostgreSQL
+	$(BIN)/python bench/bench_sink.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -59,16 +59,20 @@ def track(state: SubjectState, commands: list[dict[str, Any]], now: datetime, t:
 def on_ack(
     state: SubjectState, ack: Mapping[str, Any], now: datetime, t: Tracking
 ) -> list[dict[str, Any]]:
-    """Apply a target's answer; return the escalation it causes, if any.
+    """Apply a target's answer; return the escalation and request status it causes.
 
-    An answer to an earlier attempt than the open one is late: the re-issue is already
-    out, and its own answer decides.
+    `done`, `not_found` and `retained` close the command whatever attempt they answer: the
+    target acted (a sink answers a redelivered command with the ack it stored the first
+    time). A failure of an earlier attempt than the open one is late: the re-issue is
+    already out, and its own answer decides.
     """
     commands = state.commands
     tracked = None if commands is None else commands.get(str(ack["command_id"]))
-    if commands is None or tracked is None or int(ack.get("attempt", 1)) < tracked.attempt:
+    if commands is None or tracked is None:
         return []
     status = str(ack["status"])
+    if status not in ANSWERED and int(ack.get("attempt", 1)) < tracked.attempt:
+        return []
     if status in ANSWERED:
         del commands[str(ack["command_id"])]
         if not commands:

@@ -22,7 +22,15 @@ from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
-from worker_process import MakeTopics, Readers, StartWorker, WorkerProcess, pipeline_topics
+from worker_process import (
+    MakeTopics,
+    Readers,
+    SinkProcess,
+    StartSink,
+    StartWorker,
+    WorkerProcess,
+    pipeline_topics,
+)
 
 from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker, free_port
 from privacy_pipeline.streams.topic_admin import ensure_topics
@@ -156,3 +164,21 @@ def readers(broker: str, topic_prefix: str) -> Iterator[Readers]:
     r = Readers(broker, topic_prefix)
     yield r
     r.close()
+
+
+@pytest.fixture
+def run_sink(broker: str, topic_prefix: str, tmp_path: Path) -> Iterator[StartSink]:
+    """Start `privacy-pipeline sink --target T --db URL --mapping FILE [ARGS]` on this
+    test's broker and prefix (no metrics port); every sink is stopped afterwards."""
+    started: list[SinkProcess] = []
+
+    def start(target: str, db: str, mapping: Path, *args: str) -> SinkProcess:
+        argv = ["--target", target, "--db", db, "--mapping", str(mapping)]
+        argv += ["--broker", broker, "--prefix", topic_prefix, "--metrics-port", "0", *args]
+        sink = SinkProcess(argv, tmp_path / f"sink-{target}-{len(started) + 1}.log")
+        started.append(sink)
+        return sink
+
+    yield start
+    for sink in started:
+        sink.stop()

@@ -9,7 +9,6 @@ downstream services would, and each materialises the people's records in its own
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,17 +20,14 @@ from worker_process import (
     SERDE,
     MakeTopics,
     Readers,
+    SinkProcess,
     StartWorker,
-    child_env,
-    cli_path,
     customer,
     produce_file,
     request,
     send_raw,
     write_events,
 )
-
-from privacy_pipeline.embedded_broker.launcher import die_with_parent
 
 CONTROLLER = "inrego"
 TARGETS = ("business-systems", "it-service-providers", "marketing-services")
@@ -84,32 +80,6 @@ def rows(engine: sa.Engine, table: str) -> dict[str, tuple[Any, ...]]:
     with engine.connect() as conn:
         result = conn.execute(sa.text(f"SELECT subject_id, name, email, phone FROM {table}"))  # noqa: S608 - a fixed test table name
         return {r[0]: tuple(r[1:]) for r in result}
-
-
-class SinkProcess:
-    """`privacy-pipeline sink` in a subprocess, logging to a file."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [cli_path(), "sink", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=child_env(),
-                preexec_fn=die_with_parent(),
-            )
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.log.read_text("utf-8", "replace")
 
 
 @pytest.fixture

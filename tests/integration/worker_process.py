@@ -3,6 +3,8 @@
 - `WorkerProcess`: `privacy-pipeline run` as a subprocess, its output in a log file, ready
   once it has logged "recovery complete" and faust's "Worker ready"; stopped with SIGTERM
   or killed with SIGKILL (the main process and the ingest child it spawned).
+- `SinkProcess`: `privacy-pipeline sink` as a subprocess, its output in a log file;
+  stopped with SIGTERM or killed with SIGKILL.
 - `pipeline_topics`: every pipeline topic under a prefix with a given partition count,
   and every topic of that prefix deleted afterwards (the embedded broker only frees
   memory when a topic is deleted).
@@ -94,6 +96,8 @@ StartWorker = Callable[..., "WorkerProcess"]
 """The `start_worker` fixture: starts a ready worker on the test's prefix."""
 MakeTopics = Callable[[int], None]
 """The `make_topics` fixture: creates every pipeline topic with N partitions."""
+StartSink = Callable[..., "SinkProcess"]
+"""The `run_sink` fixture: starts `privacy-pipeline sink` on the test's prefix."""
 
 
 def pick_port() -> int:
@@ -216,7 +220,9 @@ class WorkerProcess:
         app_id: str | None = None,
         metrics_port: int | None = None,
         name: str = "worker",
+        extra_args: list[str] | None = None,
     ) -> None:
+        self.extra_args = list(extra_args or [])
         self.broker = broker
         self.prefix = prefix
         self.partitions = partitions
@@ -254,6 +260,7 @@ class WorkerProcess:
         ]
         if self.app_id is not None:
             args += ["--app-id", self.app_id]
+        args += self.extra_args
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log_file:
             self.proc = subprocess.Popen(
@@ -360,6 +367,49 @@ class WorkerProcess:
             with contextlib.suppress(AssertionError):
                 self.stop(timeout=20)
         self.kill()
+
+
+class SinkProcess:
+    """`privacy-pipeline sink` in a subprocess, logging to a file.
+
+    A sink is one process (no children): `stop` sends SIGTERM (it commits what was
+    acknowledged and leaves its group), `kill` sends SIGKILL.
+    """
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [cli_path(), "sink", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
+                preexec_fn=die_with_parent(),
+            )
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.log.read_text("utf-8", "replace")
+
+    def kill(self) -> str:
+        """SIGKILL: no flush, no commit, no goodbye; its output so far."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        return self.log.read_text("utf-8", "replace")
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text("utf-8", "replace")
 
 
 # -- topics ---------------------------------------------------------------------------

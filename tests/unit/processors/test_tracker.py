@@ -147,13 +147,19 @@ def test_retryable_failure_waits_then_a_permanent_one_goes_to_a_person() -> None
     assert {d["command_id"] for d in out} == {lost["command_id"], commands[2]["command_id"]}
 
 
-def test_a_late_answer_to_an_earlier_attempt_does_not_close_the_reissue() -> None:
+def test_a_late_failure_of_an_earlier_attempt_is_ignored_but_a_late_done_closes() -> None:
     enforcer, state, commands = erasure_requested()
-    enforcer.on_time(state, "inrego", "s1", at(ASKED, timedelta(minutes=10)))
-    state, _ = enforcer.on_ack(
-        state, ack(commands[0], "done", attempt=1), at(ASKED, timedelta(minutes=11))
+    enforcer.on_time(state, "inrego", "s1", at(ASKED, timedelta(minutes=10)))  # attempt 2
+    state, out = enforcer.on_ack(
+        state, ack(commands[0], "failed", attempt=1), at(ASKED, timedelta(minutes=11))
     )
+    assert out == []
     assert state.commands is not None and commands[0]["command_id"] in state.commands
+    # The target did act on attempt 1 (a sink re-sends the ack it stored then).
+    state, _ = enforcer.on_ack(
+        state, ack(commands[0], "done", attempt=1), at(ASKED, timedelta(minutes=12))
+    )
+    assert commands[0]["command_id"] not in state.commands
 
 
 def test_past_its_deadline_a_command_is_escalated_not_reissued() -> None:
