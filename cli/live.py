@@ -71,12 +71,13 @@ def broker(port: int | None, host: str) -> None:
 @secrets_option
 @click.option(
     "--ack-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0),
     default=600.0,
     show_default=True,
     metavar="SECONDS",
     help="Wait this long for a target's ack before issuing a command again (the wait "
-    "doubles with each attempt, up to 6 h).",
+    "doubles with each attempt, up to 6 h). 0 turns the tracker off: commands are issued "
+    "once, no request status is written (as evaluate does).",
 )
 @click.option(
     "--max-attempts",
@@ -130,7 +131,9 @@ def run(
         policies=policies,
         tick_interval=tick_interval,
         secrets=secrets,
-        tracking=Tracking(ack_timeout=timedelta(seconds=ack_timeout), max_attempts=max_attempts),
+        tracking=Tracking(ack_timeout=timedelta(seconds=ack_timeout), max_attempts=max_attempts)
+        if ack_timeout > 0
+        else None,
     )
     click.echo(
         f"worker: broker {broker}, metrics http://{metrics_host}:{metrics_port}/metrics", err=True

@@ -88,7 +88,7 @@ class WorkerConfig:
     ingest: bool = True
     datadir: Path | None = None
     secrets: Path = field(default_factory=default_secrets)
-    tracking: Tracking = field(default_factory=Tracking)
+    tracking: Tracking | None = field(default_factory=Tracking)  # None: issue once
 
     @property
     def bootstrap(self) -> str:
