@@ -6,6 +6,7 @@ consent ledger and restrictions, never the values themselves (no names, e-mails,
 
 from __future__ import annotations
 
+import marshal
 from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -14,13 +15,18 @@ from sys import byteorder, intern
 from typing import Any
 
 from .consent import EMPTY_LEDGER, ConsentEntry, ConsentLedger
-from .instants import EPOCH
+from .instants import EPOCH, parse_instant
 
 MICROSECOND = timedelta(microseconds=1)
 
 
 def _at(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
+
+
+def micros(at: datetime) -> int:
+    """`at` as integer microseconds since the epoch (how states store instants)."""
+    return (at - EPOCH) // MICROSECOND
 
 
 def _le_bytes(values: array) -> bytes:  # type: ignore[type-arg]
@@ -62,14 +68,107 @@ class RuleHold:
     due: datetime | None = None
 
 
-@dataclass(slots=True)
-class TrackedCommand:
-    """An erasure command issued and not yet answered (see `tracker`)."""
+# The fields of an `erasure` decision, in the order a tracked command packs them: the
+# names are implied by the position, so an open command does not carry a dict of them.
+COMMAND_FIELDS = (
+    "command_id",
+    "controller",
+    "subject_id",
+    "target",
+    "action",
+    "purposes",
+    "categories",
+    "reason",
+    "rule",
+    "issued_at",
+    "deadline",
+    "due_at",
+    "request_id",
+    "recorded_before",
+)
+_OPTIONAL_FIELDS = frozenset({"request_id", "recorded_before"})
+_IMPLIED = frozenset({"decision", "attempt", *COMMAND_FIELDS})
 
-    decision: dict[str, Any]  # as issued last (its attempt), to issue again
-    attempt: int
-    deadline: datetime
-    next_try: datetime | None  # None once escalated: no more re-issues
+
+def pack_command(decision: dict[str, Any]) -> bytes:
+    """An erasure decision as compact bytes (its values by position, `marshal`led)."""
+    extra = {k: v for k, v in decision.items() if k not in _IMPLIED}
+    values = tuple(
+        tuple(v) if isinstance(v := decision.get(k), list) else v for k in COMMAND_FIELDS
+    )
+    return marshal.dumps((*values, extra or None))
+
+
+def unpack_command(packed: bytes, attempt: int) -> dict[str, Any]:
+    """Inverse of `pack_command`, with the attempt the command is at."""
+    *values, extra = marshal.loads(packed)  # noqa: S302 - our own changelog's bytes
+    decision: dict[str, Any] = {"decision": "erasure"}
+    for name, value in zip(COMMAND_FIELDS, values, strict=True):
+        if value is None and name in _OPTIONAL_FIELDS:
+            continue
+        decision[name] = list(value) if isinstance(value, tuple) else value
+    if extra:
+        decision.update(extra)
+    decision["attempt"] = attempt
+    return decision
+
+
+class TrackedCommand:
+    """An erasure command issued and not yet answered (see `tracker`).
+
+    Kept small, as many may be open at once while a target is down (issue 9: <= 512 B
+    each): the decision is packed bytes, decoded only to issue it again or escalate it,
+    and the next try is epoch microseconds. The deadline is the decision's own.
+    """
+
+    __slots__ = ("attempt", "packed", "wait_until")
+
+    def __init__(self, decision: dict[str, Any], attempt: int, next_try: datetime | None) -> None:
+        self.packed = pack_command(decision)
+        self.attempt = attempt
+        self.wait_until: int | None = None if next_try is None else micros(next_try)
+
+    @classmethod
+    def from_packed(cls, packed: bytes, attempt: int, wait_until: int | None) -> TrackedCommand:
+        """As `pack_state` wrote it."""
+        tracked = cls.__new__(cls)
+        tracked.packed, tracked.attempt, tracked.wait_until = packed, attempt, wait_until
+        return tracked
+
+    @property
+    def decision(self) -> dict[str, Any]:
+        """The command as issued last: its decision at the current attempt."""
+        return unpack_command(self.packed, self.attempt)
+
+    @property
+    def deadline(self) -> datetime:
+        """When the target must have acted."""
+        return parse_instant(str(self.decision["deadline"]))
+
+    @property
+    def next_try(self) -> datetime | None:
+        """When to issue it again; None once escalated (no more re-issues)."""
+        return None if self.wait_until is None else _at(self.wait_until)
+
+    @next_try.setter
+    def next_try(self, value: datetime | None) -> None:
+        self.wait_until = None if value is None else micros(value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrackedCommand):
+            return NotImplemented
+        return (self.packed, self.attempt, self.wait_until) == (
+            other.packed,
+            other.attempt,
+            other.wait_until,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"TrackedCommand({self.decision!r}, attempt={self.attempt}, next_try={self.next_try})"
+        )
 
 
 @dataclass(slots=True)
@@ -133,9 +232,10 @@ class SubjectState:
             if hold.due is not None and (due is None or hold.due < due):
                 due = hold.due
         if self.commands:
-            for tracked in self.commands.values():
-                if tracked.next_try is not None and (due is None or tracked.next_try < due):
-                    due = tracked.next_try
+            waits = [c.wait_until for c in self.commands.values() if c.wait_until is not None]
+            if waits:
+                first = _at(min(waits))
+                due = first if due is None or first < due else due
         return due
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,8 +271,7 @@ class SubjectState:
             else {k: t(v) for k, v in sorted(self.activity.items())},
             "recent": self.recent_digests(),
             "commands": [
-                [c.decision, c.attempt, t(c.deadline), t(c.next_try)]
-                for c in (self.commands or {}).values()
+                [c.decision, c.attempt, c.wait_until] for c in (self.commands or {}).values()
             ],
             "requests": [
                 [rid, r.right, t(r.received_at), t(r.due_at), r.outcomes]
@@ -215,10 +314,7 @@ class SubjectState:
             self.recent,
             None
             if not self.commands
-            else tuple(
-                (c.decision, c.attempt, t(c.deadline), t(c.next_try))
-                for c in self.commands.values()
-            ),
+            else tuple((c.packed, c.attempt, c.wait_until) for c in self.commands.values()),
             None
             if not self.requests
             else tuple(
@@ -264,17 +360,7 @@ class SubjectState:
             categories=categories,
             activity=None if activity is None else {intern(k): _at(v) for k, v in activity},
             recent=bytes(recent),
-            commands=None
-            if not tracked
-            else {
-                str(d["command_id"]): TrackedCommand(
-                    decision=dict(d),
-                    attempt=attempt,
-                    deadline=_at(deadline),
-                    next_try=None if next_try is None else _at(next_try),
-                )
-                for d, attempt, deadline, next_try in tracked
-            },
+            commands=None if not tracked else dict(_unpack_tracked(entry) for entry in tracked),
             requests=None
             if not requests
             else {
@@ -323,8 +409,8 @@ class SubjectState:
             else {intern(k): _at(v) for k, v in data["activity"].items()},
             recent=b"".join(int(d).to_bytes(8, "little") for d in data["recent"]),
             commands={
-                str(d["command_id"]): TrackedCommand(dict(d), a, _at(dl), t(nt))
-                for d, a, dl, nt in data["commands"]
+                str(entry[0]["command_id"]): TrackedCommand(dict(entry[0]), entry[1], t(entry[-1]))
+                for entry in data["commands"]
             }
             if data.get("commands")
             else None,
@@ -335,3 +421,16 @@ class SubjectState:
             if data.get("requests")
             else None,
         )
+
+
+def _unpack_tracked(entry: tuple[Any, ...]) -> tuple[str, TrackedCommand]:
+    """(command_id, command) of a packed open command; changelogs written before commands
+    were packed hold (decision, attempt, deadline, next_try) instead."""
+    if len(entry) == 4:
+        decision, attempt, _deadline, next_try = entry
+        return str(decision["command_id"]), TrackedCommand(
+            dict(decision), attempt, None if next_try is None else _at(next_try)
+        )
+    packed, attempt, wait_until = entry
+    tracked = TrackedCommand.from_packed(packed, attempt, wait_until)
+    return str(marshal.loads(packed)[0]), tracked  # noqa: S302 - our own changelog's bytes

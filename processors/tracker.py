@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .instants import format_instant, parse_instant
-from .state import SubjectState, TrackedCommand, TrackedRequest
+from .instants import format_instant
+from .state import SubjectState, TrackedCommand, TrackedRequest, micros
 
 __all__ = ["ANSWERED", "Tracking", "on_ack", "open_request", "retry_due", "track"]
 
@@ -49,10 +49,7 @@ def track(state: SubjectState, commands: list[dict[str, Any]], now: datetime, t:
         if state.commands is None:
             state.commands = {}
         state.commands[command["command_id"]] = TrackedCommand(
-            decision=dict(command),
-            attempt=attempt,
-            deadline=parse_instant(command["deadline"]),
-            next_try=now + t.wait(attempt),
+            command, attempt, now + t.wait(attempt)
         )
 
 
@@ -93,25 +90,25 @@ def retry_due(state: SubjectState, now: datetime, t: Tracking) -> list[dict[str,
     if not state.commands:
         return []
     out: list[dict[str, Any]] = []
-    for tracked in sorted(state.commands.values(), key=_due_order):
-        if tracked.next_try is None or tracked.next_try > now:
-            continue
+    now_us = micros(now)
+    due = [
+        c for c in state.commands.values() if c.wait_until is not None and c.wait_until <= now_us
+    ]
+    for tracked in sorted(due, key=_due_order):
         if tracked.attempt >= t.max_attempts or now >= tracked.deadline:
             why = "attempts_exhausted" if tracked.attempt >= t.max_attempts else "deadline_passed"
             out.append(_escalate(tracked, now, why, None))
             out += _settle(state, tracked, "escalated", now)
         else:
-            again = {**tracked.decision, "attempt": tracked.attempt + 1}
-            tracked.decision = again
             tracked.attempt += 1
             tracked.next_try = now + t.wait(tracked.attempt)
-            out.append(again)
+            out.append(tracked.decision)
     return out
 
 
-def _due_order(tracked: TrackedCommand) -> tuple[datetime, str]:
-    due = tracked.next_try or datetime.max.replace(tzinfo=tracked.deadline.tzinfo)
-    return due, str(tracked.decision["command_id"])
+def _due_order(tracked: TrackedCommand) -> tuple[int, bytes]:
+    # The packed bytes start with the command_id: a stable tie-break without decoding.
+    return tracked.wait_until or 0, tracked.packed
 
 
 def _escalate(tracked: TrackedCommand, now: datetime, why: str, detail: Any) -> dict[str, Any]:

@@ -182,3 +182,21 @@ def run_sink(broker: str, topic_prefix: str, tmp_path: Path) -> Iterator[StartSi
     yield start
     for sink in started:
         sink.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """On a failure, attach the tail of every process log the test wrote (workers,
+    sinks), so a failure seen only in CI can be read without re-running it."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if not isinstance(tmp, Path):
+        return
+    for path in sorted(tmp.rglob("*.log")):
+        lines = path.read_text("utf-8", "replace").splitlines()
+        report.sections.append(
+            (f"log {path.name} (last 60 of {len(lines)} lines)", "\n".join(lines[-60:]))
+        )
