@@ -16,7 +16,7 @@ import marshal
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from privacy_pipeline.processors.enforcer import Decision, PolicyEnforcer
@@ -51,6 +51,10 @@ CLOCK_KEY = "__clock__"
 CHANGELOG_RECORD_BYTES = 256 * 1024
 OFFSET_KEY = "__offset__"
 OPTOUT_ACTIONS = frozenset({"withdraw", "object"})
+# The gauges read from the states (open and overdue commands, retention timers) are set at
+# most this often, on the wall clock: reading every open command on each micro-batch would
+# cost the hot path more than a scrape every 5-15 s can show.
+STATE_GAUGES_EVERY_S = 5.0
 
 
 class Outputs(Protocol):
@@ -129,6 +133,10 @@ class EnforceCore:
         self.skipped = 0
         self._timers: dict[int, list[tuple[datetime, str]]] = {}
         self._scheduled: dict[str, datetime] = {}
+        # Subjects in _scheduled per controller, kept as _scheduled changes: counting them
+        # for the gauge would cost a pass over every subject with a timer.
+        self._timer_counts: dict[str, int] = {}
+        self._gauges_at: float | None = None  # wall time the state gauges were last set
         self.processed = 0
 
     # -- recovery -------------------------------------------------------------
@@ -146,6 +154,7 @@ class EnforceCore:
                 self.states[key] = value
         self._timers.pop(partition, None)  # rebuilt on first use
         self._owners.pop(partition, None)
+        self._gauges_at = None  # the restored commands and timers show at the next chance
 
     def _index(self, partition: int) -> list[tuple[datetime, str]]:
         timers = self._timers.get(partition)
@@ -154,10 +163,12 @@ class EnforceCore:
             for key, state in self.states.items():
                 if subject_partition(key, self.partitions) != partition:
                     continue
-                self._scheduled.pop(key, None)
+                if self._scheduled.pop(key, None) is not None:
+                    self._count_timer(key, -1)
                 due = state.next_due()
                 if due is not None:
                     self._scheduled[key] = due
+                    self._count_timer(key, 1)
                     timers.append((due, key))
             heapq.heapify(timers)
             self._timers[partition] = timers
@@ -166,6 +177,58 @@ class EnforceCore:
     def timer_count(self) -> int:
         """Subjects with a retention timer set."""
         return len(self._scheduled)
+
+    def _count_timer(self, key: str, delta: int) -> None:
+        controller = key.partition(":")[0]
+        self._timer_counts[controller] = self._timer_counts.get(controller, 0) + delta
+
+    # -- gauges read from the states ------------------------------------------------------
+
+    def observe_state(self, force: bool = False) -> None:
+        """Set the gauges of the states: open commands by target and state, overdue ones,
+        retention timers by controller.
+
+        At most every STATE_GAUGES_EVERY_S of wall time unless `force`; `run_group` calls
+        it after each group, and the worker on a timer so that the gauges move with the
+        wall clock (and show a recovered state) while no traffic comes. Must run where the
+        groups run (the enforce thread): it reads and prunes the command index. The cost
+        is one look-up per open command, through the index acks use.
+        """
+        if self.metrics is None:
+            return
+        wall = self.wall_clock()
+        last = self._gauges_at
+        if not force and last is not None and wall - last < STATE_GAUGES_EVERY_S:
+            return
+        self._gauges_at = wall
+        now = datetime.fromtimestamp(wall, UTC)
+        open_commands: dict[tuple[str, str, str], int] = {}
+        overdue: dict[tuple[str, str], int] = {}
+        states = self.states
+        for partition in range(self.partitions):
+            self._index(partition)  # after a restore, the timer counts come with the index
+            owners = self._owners_of(partition)
+            closed: list[str] = []
+            for command_id, key in owners.items():
+                state = states.get(key)
+                commands = None if state is None else state.commands
+                tracked = None if commands is None else commands.get(command_id)
+                if tracked is None:
+                    # Closed by other means than an ack, or never tracked (no tracker).
+                    closed.append(command_id)
+                    continue
+                controller = key.partition(":")[0]
+                target = str(tracked.decision["target"])
+                state_label = "waiting" if tracked.next_try is not None else "escalated"
+                okey = (target, state_label, controller)
+                open_commands[okey] = open_commands.get(okey, 0) + 1
+                # Every target with open commands has an overdue series, 0 or more.
+                dkey = (target, controller)
+                overdue[dkey] = overdue.get(dkey, 0) + (tracked.deadline < now)
+            for command_id in closed:
+                del owners[command_id]
+        self.metrics.replace_open_commands(open_commands, overdue)
+        self.metrics.replace_retention_timers(self._timer_counts)
 
     # -- processing -----------------------------------------------------------
 
@@ -237,6 +300,7 @@ class EnforceCore:
                         records = self._apply(partition, missed_value, missed_offset, group)
                         group.done.append((partition, missed_offset, records))
             group.done.append((partition, offset, self._apply(partition, value, offset, group)))
+        self.observe_state()
         return group
 
     def observe(self, group: Group) -> None:
@@ -337,6 +401,7 @@ class EnforceCore:
                 heapq.heappush(timers, (actual, key))
                 continue
             del self._scheduled[key]
+            self._count_timer(key, -1)
             controller, subject_id = key.split(":", 1)
             state, out = self.enforcer.on_time(state, controller, subject_id, clock)
             self._own(partition, key, out)
@@ -381,24 +446,50 @@ class EnforceCore:
             self.unmatched_acks += 1
             return
         now = self.clocks.get(partition) or parse_instant(str(ack["completed_at"]))
+        command = state.commands[command_id].decision  # as issued: its target is ours
         state, out = self.enforcer.on_ack(state, ack, now)
-        if not state.commands or command_id not in state.commands:
+        closed = not state.commands or command_id not in state.commands
+        if closed:
             owners.pop(command_id, None)
         dirty.add(key)
         self._schedule(key, state, timers)
         decisions.extend((d, None, None) for d in out)
         if self.metrics is not None:
-            controller = key.split(":", 1)[0]
-            self.metrics.observe_ack(ack.get("target"), ack.get("status"), controller)
+            self._observe_ack(key, command, ack, closed)
+
+    def _observe_ack(
+        self, key: str, command: Mapping[str, Any], ack: Mapping[str, Any], closed: bool
+    ) -> None:
+        """Count an ack under its command's target (not the one the ack names: a sink
+        writes that), and time the answer that closed a command."""
+        assert self.metrics is not None  # noqa: S101 - checked by the caller
+        target = command["target"]
+        self.metrics.observe_ack(target, ack.get("status"), key.partition(":")[0])
+        if not closed:  # only done, not_found and retained close a command
+            return
+        try:
+            # Both instants are on the records, not read here: issued_at is the
+            # subject log's clock at the first issue (a re-issue keeps it), completed_at
+            # the target's when it acted. Redelivery or a backlog of acks does not inflate
+            # it, as the wall time of receipt would.
+            issued = parse_instant(str(command["issued_at"]))
+            completed = parse_instant(str(ack["completed_at"]))
+        except (InstantError, KeyError):
+            return
+        self.metrics.observe_ack_latency(target, max(0.0, (completed - issued).total_seconds()))
 
     def _schedule(self, key: str, state: SubjectState, timers: list[tuple[datetime, str]]) -> None:
         # One heap entry per subject, as in `Replay._schedule`.
         due = state.next_due()
         if due is None:
-            self._scheduled.pop(key, None)  # its heap entry, if any, is skipped when popped
+            # Its heap entry, if any, is skipped when popped.
+            if self._scheduled.pop(key, None) is not None:
+                self._count_timer(key, -1)
             return
         current = self._scheduled.get(key)
         if current is None or due < current:
+            if current is None:
+                self._count_timer(key, 1)
             self._scheduled[key] = due
             heapq.heappush(timers, (due, key))
 
@@ -462,7 +553,6 @@ class EnforceCore:
         self.metrics.observe_decisions(decisions)
         self.metrics.observe_batch_size(items)
         self.metrics.observe_subject_log_delay(max(0.0, (now_ms - written_ms) / 1000.0))
-        self.metrics.set_retention_timers(None, self.timer_count())
 
     def _changelog(self, partition: int, dirty: set[str]) -> list[bytes]:
         if not dirty and partition not in self.clocks and partition not in self.applied:

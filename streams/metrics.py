@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import (
@@ -36,11 +36,16 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 __all__ = [
+    "ACK_LATENCY_BUCKETS",
+    "ACK_STATUSES",
     "BATCH_SIZE_BUCKETS",
+    "CANARY_BUCKETS",
+    "COMMAND_STATES",
     "MAX_LABEL_LENGTH",
     "OPTOUT_LATENCY_BUCKETS",
     "OTHER",
@@ -48,6 +53,7 @@ __all__ = [
     "PROCESSING_BUCKETS",
     "MetricsServer",
     "PipelineMetrics",
+    "PipelineRegistry",
     "make_registry",
     "safe_label_value",
     "serve_metrics",
@@ -120,6 +126,48 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = (
     10000,
 )
 """Buckets of ``batch_size`` (events per subject-log micro-batch)."""
+
+ACK_LATENCY_BUCKETS: tuple[float, ...] = (
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    3 * 3600.0,
+    6 * 3600.0,
+    12 * 3600.0,
+    86400.0,
+    3 * 86400.0,
+    7 * 86400.0,
+    30 * 86400.0,
+)
+"""Buckets of ``erasure_ack_latency_seconds``: 1 s .. 30 days. A third-party target may
+take days and still be on time (deadlines are days to a month), so the buckets reach the
+legal month rather than stopping at the minutes a database sink takes."""
+
+CANARY_BUCKETS: tuple[float, ...] = (
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    900.0,
+    1800.0,
+    3600.0,
+)
+"""Buckets of ``canary_erasure_seconds``: 5 s .. 1 h; 600 s (the canary SLO of
+ops/alerts.yml) is a bound, so "erased within the SLO" is one bucket read exactly."""
+
+ACK_STATUSES = frozenset({"done", "not_found", "failed", "retained"})
+"""Ack statuses of the erasure-acks contract; a sink's other values count as ``other``."""
+
+COMMAND_STATES = ("waiting", "escalated")
+"""States of an open command: ``waiting`` for an answer (re-issued when none comes), or
+``escalated`` to a person (no more re-issues; a late answer still closes it)."""
 
 # Closed-vocabulary identifiers: purposes, reasons, actions, controller ids,
 # Kafka topic names (whose legal characters are exactly these), target ids.
@@ -196,6 +244,42 @@ class _Children(Generic[_M]):
         return child
 
 
+class _GaugeSet:
+    """A labelled gauge set from whole snapshots.
+
+    `replace` sums the values of raw label sets that export as one (two targets that
+    both become ``"other"`` add up rather than overwrite each other) and sets every label
+    set of the previous snapshot that is missing from this one to 0, so a target whose
+    last open command closed reads 0, not its last count.
+    """
+
+    __slots__ = ("_children", "_last")
+
+    def __init__(self, gauge: Gauge, max_series: int) -> None:
+        self._children = _Children(gauge, max_series)
+        self._last: dict[int, Gauge] = {}
+
+    def get(self, key: tuple[Any, ...]) -> Gauge:
+        """The child of one raw label tuple (to set or move it alone)."""
+        return self._children.get(key)
+
+    def replace(self, values: Mapping[tuple[Any, ...], float]) -> None:
+        """Set the gauge to this snapshot: one value per raw label tuple."""
+        children: dict[int, Gauge] = {}
+        sums: dict[int, float] = {}
+        for key, value in values.items():
+            child = self._children.get(key)
+            ident = id(child)  # children live as long as their metric: ids are stable
+            children[ident] = child
+            sums[ident] = sums.get(ident, 0.0) + value
+        for ident, child in self._last.items():
+            if ident not in sums:
+                child.set(0)
+        for ident, total in sums.items():
+            children[ident].set(total)
+        self._last = children
+
+
 class PipelineMetrics:
     """All Prometheus metrics of the pipeline, registered on one registry.
 
@@ -230,7 +314,8 @@ class PipelineMetrics:
         )
         self.decisions_total = Counter(
             PREFIX + "decisions",
-            "Decisions emitted (tag, erasure, extract, reject), by kind and controller.",
+            "Decisions emitted (tag, erasure, extract, escalation, request_status, reject), by"
+            " kind and controller.",
             ("decision", "controller"),
             registry=reg,
         )
@@ -242,14 +327,71 @@ class PipelineMetrics:
         )
         self.erasure_commands_total = Counter(
             PREFIX + "erasure_commands",
-            "Erasure commands issued to downstream targets.",
+            "Erasure commands issued to downstream targets, each once (its re-issues count"
+            " in erasure_retries_total).",
             ("reason", "action", "target", "controller"),
             registry=reg,
         )
         self.erasure_acks_total = Counter(
             PREFIX + "erasure_acks",
-            "Acknowledgements of erasure commands received from downstream targets.",
+            "Acks of the worker's open erasure commands, by the command's target and the"
+            " ack's status (redelivered acks and acks of no open command are not counted).",
             ("target", "status", "controller"),
+            registry=reg,
+        )
+        self.erasure_retries_total = Counter(
+            PREFIX + "erasure_retries",
+            "Erasure commands issued again (attempt 2 and later): no answer within the wait,"
+            " or a retryable failure.",
+            ("target", "controller"),
+            registry=reg,
+        )
+        self.erasure_escalations_total = Counter(
+            PREFIX + "erasure_escalations",
+            "Erasure commands handed to a person, by reason: attempts_exhausted,"
+            " deadline_passed, failed (a failure a retry cannot mend).",
+            ("target", "reason", "controller"),
+            registry=reg,
+        )
+        self.erasure_commands_open = Gauge(
+            PREFIX + "erasure_commands_open",
+            "Erasure commands not yet answered done, not_found or retained, by state:"
+            " waiting (re-issued while unanswered) or escalated (left to a person).",
+            ("target", "state", "controller"),
+            registry=reg,
+        )
+        self.erasure_commands_overdue = Gauge(
+            PREFIX + "erasure_commands_overdue",
+            "Open erasure commands whose deadline has passed on the wall clock.",
+            ("target", "controller"),
+            registry=reg,
+        )
+        self.erasure_ack_latency_seconds = Histogram(
+            PREFIX + "erasure_ack_latency_seconds",
+            "Time from a command's first issue (its issued_at) to the target's answer that"
+            " closed it (the ack's completed_at): retries included.",
+            ("target",),
+            registry=reg,
+            buckets=ACK_LATENCY_BUCKETS,
+        )
+        self.request_statuses_total = Counter(
+            PREFIX + "request_statuses",
+            "Privacy-request status records written (privacy-request-status), by right and"
+            " status: in_progress, completed, partially_completed, failed.",
+            ("right", "status", "controller"),
+            registry=reg,
+        )
+        self.canary_erasure_seconds = Histogram(
+            PREFIX + "canary_erasure_seconds",
+            "Time from a deletion canary's erasure request until every target acknowledged.",
+            ("controller",),
+            registry=reg,
+            buckets=CANARY_BUCKETS,
+        )
+        self.canary_pending_seconds = Gauge(
+            PREFIX + "canary_pending_seconds",
+            "Age of the oldest canary erasure not yet completed; 0 when none is pending.",
+            ("controller",),
             registry=reg,
         )
         self.dead_letters_total = Counter(
@@ -285,7 +427,7 @@ class PipelineMetrics:
         )
         self.retention_timers = Gauge(
             PREFIX + "retention_timers",
-            "Retention timers pending in this worker, by controller.",
+            "Subjects with a retention timer pending in this worker, by controller.",
             ("controller",),
             registry=reg,
         )
@@ -295,10 +437,13 @@ class PipelineMetrics:
             " straight from the broker (each is then run in order, none is lost).",
             registry=reg,
         )
-        self.consumer_lag = Gauge(
-            PREFIX + "consumer_lag",
-            "Consumer lag in records, by topic (under-counted on the embedded broker).",
-            ("topic",),
+        self.consumer_lag_records = Gauge(
+            PREFIX + "consumer_lag_records",
+            "Records not yet read (high watermark less committed offset) by the ingest"
+            " group (input topics, erasure-acks) and the enforce group (subject-log), per"
+            " topic and partition. Every worker reports every partition: take the max over"
+            " instances. Under-counted on the embedded broker.",
+            ("topic", "partition"),
             registry=reg,
         )
 
@@ -307,9 +452,17 @@ class PipelineMetrics:
         self._suppressions = _Children(self.suppressions_total, max_series)
         self._erasures = _Children(self.erasure_commands_total, max_series)
         self._acks = _Children(self.erasure_acks_total, max_series)
+        self._retries = _Children(self.erasure_retries_total, max_series)
+        self._escalations = _Children(self.erasure_escalations_total, max_series)
+        self._statuses = _Children(self.request_statuses_total, max_series)
+        self._ack_latency = _Children(self.erasure_ack_latency_seconds, max_series)
         self._dead_letters = _Children(self.dead_letters_total, max_series)
-        self._timers = _Children(self.retention_timers, max_series)
-        self._lag = _Children(self.consumer_lag, max_series)
+        self._canary_erasure = _Children(self.canary_erasure_seconds, max_series)
+        self._canary_pending = _Children(self.canary_pending_seconds, max_series)
+        self._timers = _GaugeSet(self.retention_timers, max_series)
+        self._open = _GaugeSet(self.erasure_commands_open, max_series)
+        self._overdue = _GaugeSet(self.erasure_commands_overdue, max_series)
+        self._lag = _GaugeSet(self.consumer_lag_records, max_series)
 
     # -- helpers ---------------------------------------------------------
 
@@ -329,12 +482,19 @@ class PipelineMetrics:
         a ``tag`` decision also counts each entry of ``suppressed`` in
         ``suppressions_total{purpose, reason, controller}``; an ``erasure``
         decision counts in ``erasure_commands_total{reason, action, target,
-        controller}``. ``reject`` decisions carry no controller and count
+        controller}`` when it is a command's first issue and in
+        ``erasure_retries_total{target, controller}`` when it is a re-issue
+        (``attempt`` > 1); an ``escalation`` in ``erasure_escalations_total{target,
+        reason, controller}``; a ``request_status`` in ``request_statuses_total{right,
+        status, controller}``. ``reject`` decisions carry no controller and count
         under ``controller="none"``.
         """
-        dec: dict[tuple[Any, Any], int] = {}
-        sup: dict[tuple[Any, Any, Any], int] = {}
-        era: dict[tuple[Any, Any, Any, Any], int] = {}
+        dec: dict[tuple[Any, ...], int] = {}
+        sup: dict[tuple[Any, ...], int] = {}
+        era: dict[tuple[Any, ...], int] = {}
+        ret: dict[tuple[Any, ...], int] = {}
+        esc: dict[tuple[Any, ...], int] = {}
+        req: dict[tuple[Any, ...], int] = {}
         known = self._controllers
         for d in decisions:
             kind = d.get("decision")
@@ -350,17 +510,28 @@ class PipelineMetrics:
                         skey = (s.get("purpose"), s.get("reason"), controller)
                         sup[skey] = sup.get(skey, 0) + 1
             elif kind == "erasure":
-                ekey = (d.get("reason"), d.get("action"), d.get("target"), controller)
-                era[ekey] = era.get(ekey, 0) + 1
-        children = self._decisions
-        for key, n in dec.items():
-            children.get(key).inc(n)
-        children = self._suppressions
-        for skey, n in sup.items():
-            children.get(skey).inc(n)
-        children = self._erasures
-        for ekey, n in era.items():
-            children.get(ekey).inc(n)
+                if d.get("attempt", 1) > 1:
+                    rkey = (d.get("target"), controller)
+                    ret[rkey] = ret.get(rkey, 0) + 1
+                else:
+                    ekey = (d.get("reason"), d.get("action"), d.get("target"), controller)
+                    era[ekey] = era.get(ekey, 0) + 1
+            elif kind == "escalation":
+                xkey = (d.get("target"), d.get("reason"), controller)
+                esc[xkey] = esc.get(xkey, 0) + 1
+            elif kind == "request_status":
+                qkey = (d.get("right"), d.get("status"), controller)
+                req[qkey] = req.get(qkey, 0) + 1
+        for children, counts in (
+            (self._decisions, dec),
+            (self._suppressions, sup),
+            (self._erasures, era),
+            (self._retries, ret),
+            (self._escalations, esc),
+            (self._statuses, req),
+        ):
+            for key, n in counts.items():
+                children.get(key).inc(n)
 
     def observe_decision(self, decision: Mapping[str, Any]) -> None:
         """Count one decision dict; see :meth:`observe_decisions`."""
@@ -389,8 +560,19 @@ class PipelineMetrics:
     def observe_ack(
         self, target: str | None, status: str | None, controller: str | None, count: int = 1
     ) -> None:
-        """Count erasure acknowledgements (``status``: done, not_found, failed, retained)."""
+        """Count acks of open commands; a status outside :data:`ACK_STATUSES` (a sink
+        writes the field) counts as ``"other"``."""
+        if status not in ACK_STATUSES:
+            status = OTHER
         self._acks.get((target, status, self._controller(controller))).inc(count)
+
+    def observe_ack_latency(self, target: str | None, seconds: float) -> None:
+        """Record the time from a command's first issue to the answer that closed it."""
+        self._ack_latency.get((target,)).observe(seconds)
+
+    def observe_canary_erasure(self, controller: str | None, seconds: float) -> None:
+        """Record the time from a canary's erasure request until every target acked."""
+        self._canary_erasure.get((self._controller(controller),)).observe(seconds)
 
     # -- histograms ------------------------------------------------------
 
@@ -417,25 +599,80 @@ class PipelineMetrics:
     # -- gauges ----------------------------------------------------------
 
     def set_retention_timers(self, controller: str | None, count: int) -> None:
-        """Set the number of pending retention timers of one controller."""
+        """Set the number of subjects with a retention timer pending of one controller."""
         self._timers.get((self._controller(controller),)).set(count)
 
     def add_retention_timers(self, controller: str | None, delta: int) -> None:
         """Add ``delta`` (negative when timers fire or are cancelled) to one controller's timers."""
         self._timers.get((self._controller(controller),)).inc(delta)
 
-    def set_consumer_lag(self, topic: str, lag: int) -> None:
-        """Set the consumer lag (records) of one topic, summed over its partitions."""
-        self._lag.get((topic,)).set(lag)
+    def replace_retention_timers(self, counts: Mapping[str, int]) -> None:
+        """Set the timers of every controller: ``controller -> subjects with a timer``;
+        a controller missing from ``counts`` reads 0."""
+        self._timers.replace({(self._controller(c),): n for c, n in counts.items()})
+
+    def replace_open_commands(
+        self,
+        open_commands: Mapping[tuple[str, str, str], int],
+        overdue: Mapping[tuple[str, str], int],
+    ) -> None:
+        """Set the open commands, ``(target, state, controller) -> count`` with a state of
+        :data:`COMMAND_STATES`, and the overdue ones, ``(target, controller) -> count``.
+        Label sets missing from a snapshot read 0."""
+        control = self._controller
+        self._open.replace({(t, s, control(c)): n for (t, s, c), n in open_commands.items()})
+        self._overdue.replace({(t, control(c)): n for (t, c), n in overdue.items()})
+
+    def replace_consumer_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
+        """Set the records not yet read, ``(topic, partition) -> records``, of every
+        partition measured; those missing from ``lag`` read 0."""
+        self._lag.replace(lag)
+
+    def set_canary_pending(self, controller: str | None, seconds: float) -> None:
+        """Set the age of the oldest canary erasure of ``controller`` not yet completed
+        (0 when none is pending)."""
+        self._canary_pending.get((self._controller(controller),)).set(seconds)
+
+    def declare_canaries(self, controllers: Iterable[str]) -> None:
+        """Export the canary series of each controller before its first canary: the
+        histogram at zero and nothing pending. A series that first appears holding one
+        canary gives ``increase()`` nothing to count, and the alert on slow canaries
+        (ops/alerts.yml) would miss that first one."""
+        for controller in controllers:
+            key = (self._controller(controller),)
+            self._canary_erasure.get(key)
+            self._canary_pending.get(key).set(0)
+
+
+class PipelineRegistry(CollectorRegistry):
+    """A registry that exports no ``*_created`` series.
+
+    prometheus_client gives every counter and histogram (and each of their label sets) a
+    ``_created`` sample, the Unix time it was first seen: a third of the worker's series
+    that no query of ours reads. ``disable_created_metrics()`` would drop them for every
+    registry of the process; this drops them for this registry only, when collected.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric of the registry, less its ``_created`` samples."""
+        for metric in super().collect():
+            samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            if len(samples) == len(metric.samples):
+                yield metric
+                continue
+            trimmed = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            trimmed.samples = samples
+            yield trimmed
 
 
 def make_registry(*, process: bool = True) -> CollectorRegistry:
     """Return a fresh registry, with the process, platform and GC collectors if ``process``.
 
     A custom registry has none of the collectors the global default one has;
-    these give CPU, memory, file descriptors and GC figures of the worker.
+    these give CPU, memory, file descriptors and GC figures of the worker. It exports no
+    ``*_created`` series (see :class:`PipelineRegistry`).
     """
-    registry = CollectorRegistry()
+    registry = PipelineRegistry()
     if process:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)

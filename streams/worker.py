@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.policy import load_packs, packaged_policies
 from privacy_pipeline.processors.tracker import Tracking
 
 from . import faust_fixes
-from .enforce import EnforceCore, Group, decode_changelog
+from .enforce import STATE_GAUGES_EVERY_S, EnforceCore, Group, decode_changelog
 from .metrics import PipelineMetrics
 from .outputs import GroupAck, ProducerOutputs
 from .serde import AvroSerde
@@ -52,7 +52,7 @@ from .settings import Settings, default_secrets
 from .signing import CommandSigner
 from .subject_log import SubjectLogReader
 from .topic_admin import ensure_topics
-from .topics import SUBJECT_LOG, TopicSpec, topic_specs
+from .topics import ERASURE_ACKS, INPUT_TOPICS, SUBJECT_LOG, TopicSpec, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,13 @@ PIPELINE_DEPTH = 2
 # already garbage in an old generation when frozen is never freed: a few objects a minute.
 GC_THRESHOLDS = (50_000, 50, 100)
 GC_FREEZE_EVERY_S = 60.0
+
+# How often the consumer lag is measured: two requests to the broker per group, in a
+# thread of its own; a lag worth an alert lasts minutes.
+LAG_EVERY_S = 10.0
+LAG_TIMEOUT_S = 5.0
+_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # confluent-kafka's stubs
+_EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 
 FENCE_KEY = b"__fence__"
 _scratch = tempfile.TemporaryDirectory(prefix="privacy-pipeline-")
@@ -271,6 +278,16 @@ def build_app(
     async def freeze() -> None:
         freeze_long_lived()
 
+    @app.timer(STATE_GAUGES_EVERY_S)  # type: ignore[untyped-decorator]  # faust returns Callable
+    async def state_gauges() -> None:
+        # Groups set these gauges too, but overdue commands come with the wall clock, and
+        # a recovered state should show while no traffic comes. In the enforce thread, as
+        # the groups: the gauges read the state they change. Not while recovering: the
+        # changelog is then being applied to the states in this loop's thread.
+        if metrics is None or table.ready_at is None or app.rebalancing:
+            return
+        await asyncio.get_running_loop().run_in_executor(executor, core.observe_state)
+
     @app.agent(subject_log, name="enforce")
     async def enforce(stream: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -406,6 +423,112 @@ class IngestProcess:
         self._running = False
 
 
+# -- consumer lag ----------------------------------------------------------------------
+
+
+class ConsumerLag:
+    """Measures, in a thread, the records the worker's consumer groups have not read yet.
+
+    Ingest's group (``{prefix}{app_id}-ingest``) reads the input topics and erasure-acks;
+    the enforce agent's (faust's, ``{prefix}{app_id}``) reads the subject log. For every
+    partition: its high watermark less the group's committed offset (its low watermark
+    when the group has committed none: both groups start from the earliest record).
+    Committed offsets trail what was read by up to a commit interval (about 1 s), so this
+    is an upper bound on what is left to read, and it is what a restart would re-read.
+
+    Every worker measures every partition (the groups' commits are shared): dashboards
+    and alerts take the max over workers. On the embedded broker the high watermark is
+    the start of a partition's last producer batch plus one, so the lag is under-counted
+    by up to a batch.
+    """
+
+    def __init__(self, config: WorkerConfig, metrics: PipelineMetrics) -> None:
+        self.metrics = metrics
+        prefix = config.prefix
+        self.groups: dict[str, list[str]] = {
+            f"{config.full_app_id}-ingest": [
+                prefix + t for t in (*INPUT_TOPICS, ERASURE_ACKS.name)
+            ],
+            config.full_app_id: [SUBJECT_LOG.named(prefix)],
+        }
+        self.prefix = prefix
+        # librdkafka's own log lines would repeat every refused connection; one line of
+        # ours says it when a measurement fails.
+        self._admin = AdminClient({"bootstrap.servers": config.bootstrap, "log_level": 0})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="consumer-lag", daemon=True)
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        # Not joined for long: a measurement in flight may wait LAG_TIMEOUT_S on a broker
+        # that went away, and the thread is a daemon.
+        self._stop.set()
+        self._thread.join(0.5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(LAG_EVERY_S):
+            try:
+                lag = self.measure()
+            except Exception as exc:  # noqa: BLE001 - keep measuring, the broker may return
+                if not self._failing:
+                    log.warning("consumer lag not measured: %s", exc)
+                self._failing = True
+                continue
+            if self._failing:
+                log.warning("consumer lag measured again")
+            self._failing = False
+            self.metrics.replace_consumer_lag(lag)
+
+    def measure(self) -> dict[tuple[str, int], int]:
+        """``(topic contract name, partition) -> records not yet read``, every partition
+        of every topic of both groups."""
+        admin = self._admin
+        metadata = admin.list_topics(timeout=LAG_TIMEOUT_S).topics
+        lag: dict[tuple[str, int], int] = {}
+        for group, topics in self.groups.items():
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in topics
+                if topic in metadata
+                for p in sorted(metadata[topic].partitions)
+            ]
+            if not partitions:
+                continue
+            request = [ConsumerGroupTopicPartitions(group, partitions)]
+            [future] = admin.list_consumer_group_offsets(
+                request, request_timeout=LAG_TIMEOUT_S
+            ).values()
+            committed = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in future.result(LAG_TIMEOUT_S).topic_partitions
+            }
+            high = self._offsets(partitions, _LATEST)
+            low = self._offsets(partitions, _EARLIEST)
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                position = committed.get(key, -1)
+                if position < 0:  # nothing committed yet: it reads from the earliest
+                    position = low[key]
+                lag[(tp.topic.removeprefix(self.prefix), tp.partition)] = max(
+                    0, high[key] - position
+                )
+        return lag
+
+    def _offsets(
+        self, partitions: list[TopicPartition], spec: OffsetSpec
+    ) -> dict[tuple[str, int], int]:
+        futures = self._admin.list_offsets(
+            {tp: spec for tp in partitions}, request_timeout=LAG_TIMEOUT_S
+        )
+        return {
+            (tp.topic, tp.partition): int(f.result(LAG_TIMEOUT_S).offset)
+            for tp, f in futures.items()
+        }
+
+
 def run_worker(
     config: WorkerConfig, metrics: PipelineMetrics | None, loglevel: str = "warn"
 ) -> int:
@@ -413,6 +536,9 @@ def run_worker(
     prepare(config)
     gc.set_threshold(*GC_THRESHOLDS)
     app, table, core = build_app(config, metrics)
+    lag = ConsumerLag(config, metrics) if metrics is not None else None
+    if lag is not None:
+        lag.start()
     ingest = IngestProcess(config, metrics) if config.ingest else None
     if ingest is not None:
         # Ingest starts once the worker has its partitions and state: its first ticks
@@ -426,6 +552,8 @@ def run_worker(
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
+        if lag is not None:
+            lag.stop()
         if ingest is not None:
             ingest.stop()
         if isinstance(core.outputs, ProducerOutputs):
@@ -440,4 +568,4 @@ def run_worker(
     return 0
 
 
-__all__ = ["WorkerConfig", "build_app", "prepare", "run_worker"]
+__all__ = ["ConsumerLag", "WorkerConfig", "build_app", "prepare", "run_worker"]
