@@ -7,6 +7,7 @@ in `assumption`, for the controller to confirm.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,12 +36,22 @@ def packaged_policies() -> Path:
 
 
 class PolicyError(ValueError):
-    """A pack that does not validate; the message names the file and the field path."""
+    """A pack that does not validate; the message names the file and the field path.
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+    `problems` holds (field path, message) pairs, e.g. ("rules.3.purpose", ...); the
+    message shows each path as `labels` has it for a reader (the rule's id, the line).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        problems: list[tuple[str, str]],
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {path or '(pack)'}: {msg}" for path, msg in problems]
+        shown = labels or {}
+        lines = [f"{source}: {shown.get(path, path) or '(pack)'}: {msg}" for path, msg in problems]
         super().__init__("\n".join(lines))
 
 
@@ -321,15 +332,68 @@ def load_pack(path: str | Path) -> PolicyPack:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        raise PolicyError(source, [(where, "not valid YAML")]) from None
+        where, problem = _yaml_problem(exc)
+        raise PolicyError(source, [(where, problem)]) from None
     if not isinstance(data, dict):
         raise PolicyError(source, [("", "a pack is a YAML mapping")])
     try:
         return PolicyPack.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(source, _problems(exc)) from None
+        problems = _problems(exc)
+        root = yaml.compose(text)
+        labels = {path: _where(path, data, root) for path, _ in problems}
+        raise PolicyError(source, problems, labels) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
+    """Where the YAML parser stopped, and what it found wrong there."""
+    mark = getattr(exc, "problem_mark", None)
+    where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(exc, "problem", None) or "not valid YAML"
+    context = getattr(exc, "context", None)
+    return where, f"not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+# Lists whose items have an id: an error in one names the item by its id, not its index.
+_LISTS_WITH_IDS = ("rules", "recipients", "triggers")
+
+
+def _where(path: str, data: dict[str, Any], root: yaml.Node | None) -> str:
+    """`path` (e.g. `rules.3.retention.duration`) as a reader finds it in the file: the
+    item's id after its index, and the line of the deepest part of the path present."""
+    parts = path.split(".") if path else []
+    shown = path or "(pack)"
+    if len(parts) >= 2 and parts[0] in _LISTS_WITH_IDS and parts[1].isdigit():
+        items = data.get(parts[0])
+        index = int(parts[1])
+        if isinstance(items, list) and index < len(items) and isinstance(items[index], dict):
+            item_id = items[index].get("id")
+            if item_id is not None:
+                rest = ".".join(parts[2:])
+                shown = f"{parts[0]}[{index}] (id {item_id})" + (f".{rest}" if rest else "")
+    line = _line(root, parts)
+    return shown if line is None else f"{shown} (line {line})"
+
+
+def _line(node: yaml.Node | None, parts: list[str]) -> int | None:
+    """The 1-based line of the node at `parts`, or of its deepest ancestor in the file."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in parts:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    child, line = value, key.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            child = node.value[int(part)]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
 
 
 def pack_files(path: str | Path) -> list[Path]:

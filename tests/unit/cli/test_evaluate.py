@@ -346,7 +346,7 @@ def test_an_invalid_pack_is_a_clean_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["evaluate", "--policies", str(bad)], input="")
     assert result.exit_code == 1
     assert "invalid policy pack" in result.stderr
-    assert f"{bad}: line 2: not valid YAML" in result.stderr
+    assert f"{bad}: line 2, column 1: not valid YAML: expected the node content" in result.stderr
 
 
 def test_empty_input_gives_no_output() -> None:

@@ -101,7 +101,11 @@ def test_unknown_purpose_names_file_and_rule_path(tmp_path: Path) -> None:
     err = failure(path)
     assert err.source == str(path)
     assert err.problems == [("rules.1.purpose", "'astrology' is not a known purpose")]
-    assert str(err) == f"{path}: rules.1.purpose: 'astrology' is not a known purpose"
+    # The message names the rule by its id and the line, as a reader finds it in the file.
+    assert str(err) == (
+        f"{path}: rules[1] (id unnamed004.bookkeeping.invoices).purpose (line 109): "
+        "'astrology' is not a known purpose"
+    )
 
 
 def test_custom_purpose_is_allowed_when_declared(tmp_path: Path) -> None:
@@ -162,8 +166,14 @@ def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("controller: x\nrules: [\n  - a: b\n", encoding="utf-8")
     err = failure(path)
-    assert err.problems == [("line 3", "not valid YAML")]
-    assert str(err) == f"{path}: line 3: not valid YAML"
+    # Where the parser stopped, and what it found there.
+    assert err.problems == [
+        (
+            "line 3, column 3",
+            "not valid YAML: expected the node content, but found '-' (while parsing a flow node)",
+        )
+    ]
+    assert str(err).startswith(f"{path}: line 3, column 3: not valid YAML: expected")
 
 
 @pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string\n"])
@@ -349,7 +359,10 @@ def test_policy_check_on_a_broken_file_exits_1_naming_file_and_field(tmp_path: P
     path = write_pack(tmp_path, "p", lambda d: d["rules"][1].__setitem__("purpose", "astrology"))
     result = CliRunner().invoke(main, ["policy", "check", str(path)])
     assert result.exit_code == 1
-    assert f"{path}: rules.1.purpose: 'astrology' is not a known purpose" in result.stderr
+    assert (
+        f"{path}: rules[1] (id unnamed004.bookkeeping.invoices).purpose (line 109): "
+        "'astrology' is not a known purpose"
+    ) in result.stderr
     assert "1 of 1 packs invalid" in result.stderr
     assert result.stdout == ""
 
@@ -361,7 +374,7 @@ def test_policy_check_folder_with_one_bad_pack_exits_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["policy", "check", str(tmp_path)])
     assert result.exit_code == 1
     assert f"{tmp_path / 'good.yaml'}: ok (unnamed004:" in result.stdout
-    assert f"{bad}: line 2: not valid YAML" in result.stderr
+    assert f"{bad}: line 2, column 1: not valid YAML: expected the node content" in result.stderr
     assert "1 of 2 packs invalid" in result.stderr
 
 
@@ -387,3 +400,19 @@ def test_policy_help(args: list[str]) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0
     assert "Usage:" in result.stdout
+
+
+def test_an_error_in_a_recipient_or_a_nested_field_names_its_id_and_line(tmp_path: Path) -> None:
+    def break_it(d: dict[str, Any]) -> None:
+        d["rules"][2]["retention"]["duration"] = {"months": -3}
+
+    path = write_pack(tmp_path, "p", break_it)
+    err = failure(path)
+    [(field, _)] = err.problems
+    assert field == "rules.2.retention.duration.months"  # the machine path stays as it was
+    lines = path.read_text(encoding="utf-8").splitlines()
+    [line] = [n for n, text in enumerate(lines, 1) if "months: -3" in text]
+    assert (
+        f"rules[2] (id unnamed004.analytics.digital-services).retention.duration.months "
+        f"(line {line}): " in str(err)
+    )
