@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from sys import intern
-from typing import Any
+from typing import Any, Final
 
 from .instants import InstantError, parse_instant
 from .vocabulary import (
@@ -18,6 +18,23 @@ from .vocabulary import (
     RIGHTS,
     ROLES,
 )
+
+RESERVED_SUBJECT_PREFIX: Final = "canary-"
+"""Subject ids that start with this belong to deletion canaries, never to a person.
+
+The live pipeline plants synthetic people under such ids and erases them again, to prove
+that erasure reaches every target. Ingest accepts an event with such an id only when it
+carries the worker's canary signature, and dead-letters any other (`reserved_subject_id`):
+so nobody can make a canary of their own, and a real person's id that happens to start
+with the prefix is refused loudly, never mistaken for a canary. The rule lives here, not
+in `parse_event`, because the enforce step, `evaluate` and replay must still read the
+canaries that ingest let through.
+"""
+
+
+def reserved_subject_id(subject_id: str) -> bool:
+    """True when *subject_id* is in the namespace reserved for deletion canaries."""
+    return subject_id.startswith(RESERVED_SUBJECT_PREFIX)
 
 
 class EventError(ValueError):

@@ -6,6 +6,10 @@ the reason and where they came from, group good ones by subject-log partition (m
 of `controller:subject_id`) into one `SubjectBatch` record per partition, add a tick to
 every partition when the tick interval has passed, and commit the input offsets only
 once the subject log has acknowledged the writes.
+
+Subject ids with the reserved canary prefix (``canary-``) are accepted only on records
+the worker signed as deletion canaries (`streams/canary.py`); any other such record is
+dead-lettered as ``reserved_subject_id``.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from privacy_pipeline.processors.events import EventError, parse_event
 from privacy_pipeline.processors.instants import InstantError, parse_instant
 
+from .canary import canary_verifier_from_env, refuse_reserved
 from .records import subject_partition, wall_instant
 from .serde import AvroSerde, RecordError
 from .settings import ClientTuning
+from .signing import CommandVerifier
 from .subject_batch import SubjectBatchWriter, SubjectEntry
 from .topics import DEAD_LETTERS, ERASURE_ACKS, INPUT_TOPICS, SUBJECT_LOG, topic_schema
 
@@ -71,8 +77,13 @@ class Ingest:
         wall_clock: Callable[[], float] = time.time,
         on_dead_letter: Callable[[str, str], None] | None = None,
         on_event: Callable[[str, str, str], None] | None = None,
+        canary_verifier: CommandVerifier | None = None,
     ) -> None:
         self.prefix = prefix
+        # Canaries are signed with the worker's command-signing key. Without a verifier
+        # given, the key of the secrets folder `run` exports (the worker spawns us); with
+        # no key at all, every reserved subject id is refused.
+        self.canary_verifier = canary_verifier or canary_verifier_from_env()
         self.partitions = partitions
         self.controllers = frozenset(controllers)
         self.tick_interval = tick_interval
@@ -210,6 +221,17 @@ class Ingest:
             event = parse_event(record)  # Avro's None fields read as absent
             if event.controller not in self.controllers:
                 raise EventError("controller", "unknown controller (no policy pack)")
+            if refuse_reserved(
+                event.subject_id, self.canary_verifier, contract, value, msg.headers()
+            ):
+                self._dead(
+                    msg,
+                    contract,
+                    "reserved_subject_id",
+                    "field 'subject_id': the prefix 'canary-' is reserved for the pipeline's "
+                    "deletion canaries, and this record carries no valid canary signature",
+                )
+                return
         except RecordError as exc:
             self._dead(msg, contract, exc.reason, str(exc))
             return
