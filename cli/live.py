@@ -47,6 +47,23 @@ def broker(port: int | None, host: str) -> None:
         b.stop()
 
 
+class _Duration(click.ParamType):
+    """A duration such as 60s, 5m, 1h or 500ms, as seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Seconds, or a usage error naming the option."""
+        from privacy_pipeline.streams.canary import parse_duration
+
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @click.command()
 @broker_option(required=False)
 @prefix_option
@@ -86,6 +103,18 @@ def broker(port: int | None, host: str) -> None:
     show_default=True,
     help="Attempts before an unanswered command goes to erasure-escalations for a person.",
 )
+@click.option(
+    "--canary-every",
+    type=_Duration(),
+    default=None,
+    metavar="DURATION",
+    help="Deletion canaries (off by default): this often (e.g. 60s, 5m) plant a synthetic "
+    "person for every controller, file an erasure request for it half an interval later, "
+    "and export the seconds until every target acknowledged "
+    "(privacy_pipeline_canary_erasure_seconds). Canary subject ids start with 'canary-', "
+    "which is reserved: ingest dead-letters such ids without the worker's canary "
+    "signature. Needs the tracker (--ack-timeout above 0).",
+)
 @click.option("--log-level", default="warn", show_default=True, help="crit, error, warn, info.")
 def run(
     broker: str | None,
@@ -99,6 +128,7 @@ def run(
     secrets: Path,
     ack_timeout: float,
     max_attempts: int,
+    canary_every: float | None,
     log_level: str,
 ) -> None:
     """Run the live pipeline worker: ingest, enforce, erasure commands, metrics.
@@ -109,10 +139,26 @@ def run(
     next attempt) after --ack-timeout, doubling, and after --max-attempts it goes to
     erasure-escalations. With no broker configured it starts the embedded broker itself
     (memory only). Metrics: http://127.0.0.1:METRICS_PORT/metrics
+
+    With --canary-every, deletion canaries prove erasure end to end all the time (see
+    the README, "Deletion canaries").
     """
+    import os
+
+    from privacy_pipeline.processors.policy import PolicyError, load_packs
     from privacy_pipeline.processors.tracker import Tracking
+    from privacy_pipeline.streams.canary import CanaryRunner, start_canaries
+    from privacy_pipeline.streams.settings import ENV_SECRETS
     from privacy_pipeline.streams.worker import WorkerConfig, run_worker
 
+    if canary_every is not None and ack_timeout == 0:
+        raise click.UsageError(
+            "--canary-every needs the tracker: without acks no request is ever completed "
+            "(--ack-timeout 0 turns it off)"
+        )
+    # The ingest process the worker spawns checks canary signatures against the key of
+    # this folder (streams/canary.py): the same key the worker signs with.
+    os.environ[ENV_SECRETS] = str(secrets.resolve())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     embedded = None
     if not broker:
@@ -138,9 +184,19 @@ def run(
     click.echo(
         f"worker: broker {broker}, metrics http://{metrics_host}:{metrics_port}/metrics", err=True
     )
+    canaries: CanaryRunner | None = None
+    if canary_every is not None:
+        try:
+            controllers = sorted(load_packs(policies))
+        except PolicyError as exc:
+            raise click.ClickException(str(exc)) from None
+        canaries = start_canaries(config.settings, controllers, canary_every, secrets, metrics)
+        click.echo(f"canaries: every {canary_every:g} s for {', '.join(controllers)}", err=True)
     try:
         code = run_worker(config, metrics, loglevel=log_level)
     finally:
+        if canaries is not None:
+            canaries.stop()
         stop_metrics()
         if embedded is not None:
             embedded.stop()
