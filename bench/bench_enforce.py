@@ -199,10 +199,11 @@ def deep_size(root: object, seen: set[int]) -> int:
     return size
 
 
-def open_command_memory(core: EnforceCore) -> tuple[int, float, float]:
-    """(open commands, bytes of memory per open command, changelog bytes per open command).
+def open_command_memory(core: EnforceCore) -> tuple[int, float, float, float]:
+    """(open commands, bytes of memory per open command, bytes of the requests' bookkeeping
+    per open command, changelog bytes per open command).
 
-    Memory: everything reachable from the subjects' `commands` and `requests` that the
+    Memory: everything reachable from the subjects' `commands` (then `requests`) that the
     rest of the state does not already hold (the subject's own strings are shared).
     Changelog: the packed state with them minus without them.
     """
@@ -214,9 +215,11 @@ def open_command_memory(core: EnforceCore) -> tuple[int, float, float]:
         for state in states
     ]
     deep_size(rest, seen)  # what the subjects hold without the tracker
-    tracked = [(s.commands, s.requests) for s in states]
+    commands = [s.commands for s in states]
+    requests = [s.requests for s in states]
     n = sum(len(s.commands or {}) for s in states)
-    memory = deep_size(tracked, seen) - sys.getsizeof(tracked)
+    memory = deep_size(commands, seen) - sys.getsizeof(commands)
+    memory_requests = deep_size(requests, seen) - sys.getsizeof(requests)
     packed = 0
     for state in states:
         with_them = len(marshal.dumps(state.pack()))
@@ -224,7 +227,7 @@ def open_command_memory(core: EnforceCore) -> tuple[int, float, float]:
         state.commands = state.requests = None
         packed += with_them - len(marshal.dumps(state.pack()))
         state.commands, state.requests = commands, requests
-    return n, memory / max(n, 1), packed / max(n, 1)
+    return n, memory / max(n, 1), memory_requests / max(n, 1), packed / max(n, 1)
 
 
 def tracker_cost(serde: AvroSerde, batches: list[tuple[int, bytes]], n: int) -> dict[str, Any]:
@@ -277,7 +280,7 @@ def tracker_cost(serde: AvroSerde, batches: list[tuple[int, bytes]], n: int) -> 
     answered = tracked(True)
     still_open = sum(len(s.commands or {}) for s in answered.states.values())
     open_core = tracked(False)  # nobody answers: every command stays open
-    opened, memory, packed = open_command_memory(open_core)
+    opened, memory, memory_requests, packed = open_command_memory(open_core)
     return {
         "commands": commands,
         "bare_us": best_bare / n * 1e6,
@@ -286,6 +289,7 @@ def tracker_cost(serde: AvroSerde, batches: list[tuple[int, bytes]], n: int) -> 
         "open_after_acks": still_open,
         "open_without_acks": opened,
         "bytes_per_open_command": memory,
+        "request_bytes_per_open_command": memory_requests,
         "changelog_bytes_per_open_command": packed,
     }
 
@@ -343,6 +347,7 @@ def main() -> int:
         print(
             f"  memory per open command: {t['bytes_per_open_command']:,.0f} B "
             f"(target <= {TARGET_BYTES_PER_OPEN_COMMAND} B: {'ok' if ok_memory else 'MISSED'}), "
+            f"+ {t['request_bytes_per_open_command']:,.0f} B of its request's status, "
             f"changelog {t['changelog_bytes_per_open_command']:,.0f} B; "
             f"{t['open_without_acks']:,} open when nobody answers"
         )
@@ -353,6 +358,7 @@ def main() -> int:
             "tracker_share_pct": round(t["share"] * 100, 1),
             "open_after_acks": t["open_after_acks"],
             "bytes_per_open_command": round(t["bytes_per_open_command"]),
+            "request_bytes_per_open_command": round(t["request_bytes_per_open_command"]),
             "changelog_bytes_per_open_command": round(t["changelog_bytes_per_open_command"]),
         }
     print(json.dumps(summary))

@@ -12,6 +12,7 @@ one's). A poller thread serves the delivery reports, so the next group runs mean
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -24,11 +25,17 @@ from confluent_kafka import Producer
 
 from .settings import ClientTuning
 
+log = logging.getLogger(__name__)
+
+# A group whose outputs wait longer than this for the broker is logged: the worker then
+# waits, its changelog and commits held back, and nothing else would say why.
+SLOW_ACK_S = 10.0
+
 
 class GroupAck:
     """The outputs of one group: how many were sent, how many acknowledged."""
 
-    __slots__ = ("acked", "closed", "errors", "future", "sent")
+    __slots__ = ("acked", "closed", "closed_at", "errors", "future", "sent", "warned")
 
     def __init__(self) -> None:
         self.sent = 0
@@ -36,6 +43,8 @@ class GroupAck:
         self.closed = False
         self.errors: list[str] = []
         self.future: Future[None] = Future()
+        self.closed_at = 0.0
+        self.warned = False
 
 
 class ProducerOutputs:
@@ -76,6 +85,7 @@ class ProducerOutputs:
         self._current = None
         with self._lock:
             ack.closed = True
+            ack.closed_at = time.monotonic()
             self._complete_ready()
 
     def _complete_ready(self) -> None:
@@ -107,6 +117,25 @@ class ProducerOutputs:
     def _poll(self) -> None:
         while not self._stopped.is_set():
             self.producer.poll(self._poll_interval)
+            self._warn_if_slow()
+
+    def _warn_if_slow(self) -> None:
+        with self._lock:
+            oldest = self._groups[0] if self._groups else None
+            if oldest is None or oldest.warned or not oldest.closed:
+                return
+            waited = time.monotonic() - oldest.closed_at
+            if waited < SLOW_ACK_S:
+                return
+            oldest.warned = True
+            sent, acked = oldest.sent, oldest.acked
+        log.warning(
+            "outputs not acknowledged %.0f s after their group ended: %d of %d so far; "
+            "the worker waits for the broker",
+            waited,
+            acked,
+            sent,
+        )
 
     # -- Outputs
 

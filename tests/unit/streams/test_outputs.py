@@ -74,3 +74,19 @@ def test_a_group_whose_waiter_went_away_does_not_stop_the_poller(
     outputs._delivered_in(first, None, None)  # must not raise
     outputs._delivered_in(second, None, None)
     assert second.future.result(timeout=0) is None
+
+
+def test_a_group_waiting_long_for_the_broker_is_logged_once(
+    outputs: ProducerOutputs, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker waiting on the broker holds back its changelog and commits; the log says so.
+    ack = group_of(outputs, 3)
+    outputs._delivered_in(ack, None, None)
+    outputs._warn_if_slow()
+    assert "not acknowledged" not in caplog.text  # not yet 10 s
+    monkeypatch.setattr(ack, "closed_at", ack.closed_at - 11)
+    outputs._warn_if_slow()
+    outputs._warn_if_slow()
+    warnings = [r.getMessage() for r in caplog.records if "not acknowledged" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "1 of 3 so far" in warnings[0]
