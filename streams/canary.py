@@ -72,7 +72,6 @@ __all__ = [
     "Headers",
     "Plant",
     "Settled",
-    "abandon",
     "canary_claim",
     "canary_signed",
     "canary_verifier_from_env",
@@ -80,6 +79,7 @@ __all__ = [
     "parse_duration",
     "pending_seconds",
     "plant_event",
+    "refile",
     "refuse_reserved",
     "settle",
     "sign_canary",
@@ -95,9 +95,6 @@ CANARY_HEADER: Final = "privacy-pipeline-canary"
 
 FINAL_STATUSES: Final = frozenset({"completed", "partially_completed", "failed"})
 """Request statuses after which nothing more happens to a request."""
-
-NOT_DELIVERED: Final = "not_delivered"
-"""Outcome of a canary whose records the broker did not acknowledge."""
 
 _RUN_ID = re.compile(r"[a-z0-9]{1,16}\Z")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*\Z")
@@ -192,8 +189,8 @@ class File:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """A canary's erasure came to its end: ``outcome`` is the request's final status
-    (or :data:`NOT_DELIVERED`); ``seconds`` from filing to the end (0 if never filed)."""
+    """A canary's erasure came to its end: ``outcome`` is the request's final status,
+    ``seconds`` the time from filing the request to reading that status."""
 
     controller: str
     request_id: str
@@ -265,17 +262,14 @@ def settle(
     return state, None
 
 
-def abandon(state: CanaryState, controller: str, now: float) -> tuple[CanaryState, Settled | None]:
-    """Give up a controller's canary whose records did not reach the broker; its next
-    one is planted at its usual time."""
+def refile(state: CanaryState, controller: str) -> CanaryState:
+    """A controller's erasure request did not reach the broker: file it again on the
+    next :func:`tick` (and time it from then). A planted canary is never left behind
+    unerased; a request that did arrive after all is the same event, deduplicated."""
     canary = state.in_flight.get(controller)
-    if canary is None:
-        return state, None
-    in_flight = {c: k for c, k in state.in_flight.items() if c != controller}
-    seconds = 0.0 if canary.filed_at is None else max(0.0, now - canary.filed_at)
-    return replace(state, in_flight=in_flight), Settled(
-        controller, canary.request_id, NOT_DELIVERED, seconds
-    )
+    if canary is None or canary.filed_at is None:
+        return state
+    return replace(state, in_flight={**state.in_flight, controller: replace(canary, filed_at=None)})
 
 
 def pending_seconds(plan: CanaryPlan, state: CanaryState, now: float) -> dict[str, float]:
@@ -400,8 +394,8 @@ class CanaryMetrics:
         self.pipeline = pipeline
         self.canaries = Counter(
             PREFIX + "canaries",
-            "Deletion canaries settled, by outcome: completed, partially_completed, failed "
-            "(the request's final status) or not_delivered (the broker did not take them).",
+            "Deletion canaries settled, by outcome: the final status of their erasure "
+            "request (completed, partially_completed or failed).",
             ["controller", "outcome"],
             registry=pipeline.registry,
         )
@@ -456,7 +450,6 @@ class CanaryRunner:
         self.plan = plan
         self.settings = settings
         self.metrics = None if metrics is None else CanaryMetrics(metrics, plan.controllers)
-        self.settled: list[Settled] = []
         self._signer = CommandSigner.from_secrets(secrets)
         self._serde = AvroSerde()
         self._clock = clock
@@ -524,9 +517,11 @@ class CanaryRunner:
                     # The broker may come back: the schedule keeps its state meanwhile.
                     log.warning("canaries: Kafka error, retrying in 1 s: %s", exc)
                     self._stop.wait(1.0)
-        except Exception:
-            log.exception("canaries stopped by an unexpected error")
-            raise
+                except Exception:
+                    # A thread that died would leave the pending gauges frozen below any
+                    # alert line: keep going, loudly.
+                    log.exception("canaries: unexpected error, retrying in 5 s")
+                    self._stop.wait(5.0)
         finally:
             consumer.close()
             producer.flush(5)
@@ -562,20 +557,15 @@ class CanaryRunner:
             state = self._state
         assert state is not None  # noqa: S101 - set before the loop starts
         state, actions = tick(self.plan, state, self._clock())
-        abandoned: set[str] = set()
         for action in actions:
             canary = action.canary
-            if canary.controller in abandoned:
-                continue  # its plant did not arrive: no request for a person not there
             at = self._wall()
             if isinstance(action, Plant):
-                sent = self._send(producer, CUSTOMERS, plant_event(canary, at))
-            else:
-                sent = self._send(producer, PRIVACY_REQUESTS, erasure_request(canary, at))
-            if not sent:
-                abandoned.add(canary.controller)
-                state, settled = abandon(state, canary.controller, self._clock())
-                self._record(settled)
+                # Not delivered: its erasure is still filed when due, so whatever of it
+                # arrives late is erased too; that canary then measures little.
+                self._send(producer, CUSTOMERS, plant_event(canary, at))
+            elif not self._send(producer, PRIVACY_REQUESTS, erasure_request(canary, at)):
+                state = refile(state, canary.controller)
         for msg in consumer.consume(200, timeout=0.2):
             err = msg.error()
             if err is not None:
@@ -600,7 +590,6 @@ class CanaryRunner:
     def _record(self, settled: Settled | None) -> None:
         if settled is None:
             return
-        self.settled.append(settled)
         if self.metrics is not None:
             self.metrics.observe(settled)
         # Canary ids are synthetic, yet logs carry only the controller, as for anyone.

@@ -25,13 +25,13 @@ from privacy_pipeline.streams.canary import (
     File,
     Plant,
     Settled,
-    abandon,
     canary_signed,
     canary_verifier_from_env,
     erasure_request,
     parse_duration,
     pending_seconds,
     plant_event,
+    refile,
     refuse_reserved,
     settle,
     sign_canary,
@@ -160,16 +160,18 @@ def test_pending_age_is_the_open_erasure_age_and_zero_otherwise() -> None:
     assert pending_seconds(PLAN, state, 102.0) == {"inrego": 0.0, "rego": 0.0}
 
 
-def test_a_canary_the_broker_did_not_take_is_given_up() -> None:
+def test_an_erasure_request_the_broker_did_not_take_is_filed_again() -> None:
     state, _ = tick(PLAN, start(PLAN, 0.0), 0.0)
-    state, done = abandon(state, "rego", 2.0)
-    assert done == Settled("rego", "canary-rego-ab12-1-erasure", "not_delivered", 0.0)
-    assert set(state.in_flight) == {"inrego"}
-    assert abandon(state, "rego", 3.0) == (state, None)
-    state, actions = tick(PLAN, state, 30.0)
-    assert [(type(a), a.canary.controller) for a in actions] == [(File, "inrego")]
-    state, actions = tick(PLAN, state, 60.0)  # rego's next one at its usual time
-    assert [(type(a), a.canary.subject_id) for a in actions] == [(Plant, "canary-rego-ab12-2")]
+    assert refile(state, "rego") == state  # not filed yet: nothing to do again
+    state, _ = tick(PLAN, state, 30.0)
+    state = refile(state, "rego")
+    assert pending_seconds(PLAN, state, 31.0) == {"inrego": 1.0, "rego": 0.0}
+    state, actions = tick(PLAN, state, 31.5)
+    assert [(type(a), a.canary.subject_id, a.canary.filed_at) for a in actions] == [
+        (File, "canary-rego-ab12-1", 31.5)
+    ]
+    state, done = settle(state, "canary-rego-ab12-1-erasure", "completed", 33.0)
+    assert done == Settled("rego", "canary-rego-ab12-1-erasure", "completed", 1.5)
 
 
 # -- the events ----------------------------------------------------------------------------
