@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import IO
 
@@ -15,6 +17,7 @@ import click
 
 from privacy_pipeline.cli.options import policies_option
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
+from privacy_pipeline.processors.events import EXAMPLE_EVENTS
 from privacy_pipeline.processors.instants import InstantError, parse_instant
 from privacy_pipeline.processors.policy import (
     PolicyError,
@@ -25,6 +28,7 @@ from privacy_pipeline.processors.policy import (
 )
 from privacy_pipeline.processors.replay import Replay, encode_decision
 from privacy_pipeline.streams.settings import ENV_POLICIES
+from privacy_pipeline.streams.topics import Topic, input_topic
 
 
 def _parse_until(
@@ -156,6 +160,58 @@ def policy_check(path: Path) -> None:
 def policy_schema() -> None:
     """Print the JSON Schema of a policy pack (for editors and CI)."""
     click.echo(json.dumps(pack_schema(), indent=2, ensure_ascii=False))
+
+
+@main.command("schema")
+@click.argument("event_type", required=False, type=click.Choice(sorted(EXAMPLE_EVENTS)))
+@click.option("--example", is_flag=True, help="Print only the example event (one JSON line).")
+def schema_command(event_type: str | None, example: bool) -> None:
+    """Show the input events: their topics, their fields, an example of each.
+
+    \b
+    privacy-pipeline schema                  the event types and their topics
+    privacy-pipeline schema click            a click's fields, what each means, an example
+    privacy-pipeline schema click --example | privacy-pipeline produce
+    """
+    if event_type is None:
+        if example:
+            for event in EXAMPLE_EVENTS.values():
+                click.echo(json.dumps(event, ensure_ascii=False))
+            return
+        click.echo("Input events (canonical JSON, one per line; `produce` encodes them as Avro):")
+        for kind in EXAMPLE_EVENTS:
+            topic = input_topic(kind)
+            click.echo(f"  {kind:<16} topic {topic.name:<17} schema {_schema_file(topic)}")
+        click.echo("Every event has event_id, type, controller, subject_id and occurred_at.")
+        click.echo("`privacy-pipeline schema TYPE` shows a type's fields and an example.")
+        return
+    event = EXAMPLE_EVENTS[event_type]
+    if example:
+        click.echo(json.dumps(event, ensure_ascii=False))
+        return
+    topic = input_topic(event_type)
+    schema = json.loads(_schema_path(topic).read_text(encoding="utf-8"))
+    click.echo(f"{event_type}: topic {topic.name}, Avro schema {_schema_file(topic)}")
+    click.echo(str(schema.get("doc", "")))
+    for field in schema["fields"]:
+        optional = "default" in field
+        pii = (
+            f" [personal data: {field['privacy.category']}]" if "privacy.category" in field else ""
+        )
+        click.echo(f"  {field['name']}{' (optional)' if optional else ''}{pii}")
+        click.echo(f"      {field.get('doc', '')}")
+    click.echo("Example:")
+    click.echo(json.dumps(event, ensure_ascii=False))
+
+
+def _schema_path(topic: Topic) -> Path:
+    """The shipped .avsc of a topic's records: one named record per file, snake_case."""
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", topic.value_schema).lower()
+    return Path(str(files("privacy_pipeline.schemas").joinpath(f"{snake}.avsc")))
+
+
+def _schema_file(topic: Topic) -> str:
+    return f"schemas/{_schema_path(topic).name}"
 
 
 def _register_live_commands() -> None:

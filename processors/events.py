@@ -202,3 +202,59 @@ def _privacy_request(obj: Mapping[str, Any], base: dict[str, Any]) -> Event:
             raise EventError("purposes", "must be a list of purpose names")
         purposes = tuple(raw)
     return Event(**base, request_id=request_id, right=right, purposes=purposes)
+
+
+EXAMPLE_EVENTS: Final[Mapping[str, Mapping[str, Any]]] = {
+    "customer": {
+        "event_id": "c-1001",
+        "type": "customer",
+        "controller": "inrego",
+        "subject_id": "cust-4711",
+        "occurred_at": "2026-03-02T09:00:00+01:00",
+        "action": "created",
+        "role": "customer",
+        "fields": {"name": "Anna Andersson", "email": "anna@example.com", "phone": "+4670000000"},
+    },
+    "order": {
+        "event_id": "o-2001",
+        "type": "order",
+        "controller": "inrego",
+        "subject_id": "cust-4711",
+        "occurred_at": "2026-03-05T14:30:00+01:00",
+        "action": "placed",
+        "order_id": "ORD-77",
+        "amount": 4990.0,
+        "currency": "SEK",
+    },
+    "click": {
+        "event_id": "k-3001",
+        "type": "click",
+        "controller": "inrego",
+        "subject_id": "cust-4711",
+        "occurred_at": "2026-03-05T14:25:00+01:00",
+        "url": "https://example.com/laptops",
+        "ip": "192.0.2.1",
+        "user_agent": "Mozilla/5.0",
+    },
+    "consent": {
+        "event_id": "n-4001",
+        "type": "consent",
+        "controller": "inrego",
+        "subject_id": "cust-4711",
+        "occurred_at": "2026-03-06T08:00:00+01:00",
+        "purpose": "direct_marketing",
+        "action": "withdraw",
+        "channel": "email",
+    },
+    "privacy_request": {
+        "event_id": "r-5001",
+        "type": "privacy_request",
+        "controller": "inrego",
+        "subject_id": "cust-4711",
+        "occurred_at": "2026-03-10T10:00:00+01:00",
+        "request_id": "REQ-42",
+        "right": "erasure",
+    },
+}
+"""One valid event of each type (`privacy-pipeline schema TYPE` prints it). Made-up
+values: example.com (RFC 2606) and 192.0.2.1 (RFC 5737) are reserved for documentation."""
