@@ -472,7 +472,7 @@ class ConsumerLag:
         while not self._stop.wait(LAG_EVERY_S):
             try:
                 lag = self.measure()
-            except Exception as exc:  # noqa: BLE001 - keep measuring, the broker may return
+            except Exception as exc:  # keep measuring: the broker may come back
                 if not self._failing:
                     log.warning("consumer lag not measured: %s", exc)
                 self._failing = True

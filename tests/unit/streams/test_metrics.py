@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from privacy_pipeline.sink.metrics import SinkMetrics
+from privacy_pipeline.streams.canary import CanaryMetrics
 from privacy_pipeline.streams.metrics import (
     OTHER,
     PipelineMetrics,
@@ -604,7 +605,7 @@ def test_the_readme_metric_table_lists_exactly_what_is_exported() -> None:
     m.replace_open_commands({("crm", "waiting", "rego"): 1}, {("crm", "rego"): 1})
     m.replace_retention_timers({"rego": 1})
     m.replace_consumer_lag({("clicks", 0): 1})
-    m.declare_canaries(["rego"])
+    CanaryMetrics(m, ["rego"])  # the canaries' own family, on the worker's registry
     sink.observe_command("crm", "erase", "done", 0.01)
     sink.observe_dead_letter("crm", "invalid_signature")
     exported = _exported_families(registry)
