@@ -233,19 +233,26 @@ def produce(broker: str, prefix: str, policies: Path, topic: str | None, file: I
     Exit status 1 when any line was not delivered.
 
     \b
-    Event format (one JSON object per line; see design.md, "Input events"):
+    Event format (one JSON object per line; `privacy-pipeline schema` has every type):
       {"event_id": "e1", "type": "click", "controller": "inrego", "subject_id": "s1",
-       "occurred_at": "2024-01-10T10:00:00+01:00", "url": "https://example.se/",
+       "occurred_at": "2024-01-10T10:00:00+01:00", "url": "https://example.com/",
        "ip": "192.0.2.1", "user_agent": "UA"}
-    Types: customer, order, click, consent, privacy_request.
+    Types: customer, order, click, consent, privacy_request. Subject ids that start
+    with "canary-" are reserved for the pipeline's deletion canaries.
 
     \b
-    Example:
+    Examples:
       privacy-pipeline produce --broker 127.0.0.1:9092 events.jsonl
+      privacy-pipeline schema --example | privacy-pipeline produce --broker 127.0.0.1:9092
     """
     from confluent_kafka import KafkaError, KafkaException, Producer
 
-    from privacy_pipeline.processors.events import EventError, parse_event
+    from privacy_pipeline.processors.events import (
+        RESERVED_SUBJECT_PREFIX,
+        EventError,
+        parse_event,
+        reserved_subject_id,
+    )
     from privacy_pipeline.processors.policy import PolicyError, load_packs
     from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
     from privacy_pipeline.streams.topics import input_topic
@@ -278,6 +285,12 @@ def produce(broker: str, prefix: str, policies: Path, topic: str | None, file: I
             parsed = parse_event(event)
             if parsed.controller not in controllers:
                 raise ValueError("controller: unknown controller (no policy pack)")
+            if reserved_subject_id(parsed.subject_id):
+                # Ingest would dead-letter it: only the worker's own canaries carry this.
+                raise ValueError(
+                    f"subject_id: the prefix '{RESERVED_SUBJECT_PREFIX}' is reserved for "
+                    "the pipeline's deletion canaries"
+                )
             name, record = event_to_avro(event)
             value = serde.encode(name, record)
         except (ValueError, RecordError, EventError) as exc:

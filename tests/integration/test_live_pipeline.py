@@ -560,7 +560,8 @@ def test_produce_checks_lines_as_ingest_would_and_reports_what_was_not_delivered
         json.dumps({**good, "controller": "acme"}),  # 1: no policy pack for it
         json.dumps({**good, "occurred_at": "2024-01-10T10:00:00"}),  # 2: instant without zone
         json.dumps(huge),  # 3: over the 8 MB record limit
-        json.dumps(good),  # 4: goes through, after the failures
+        json.dumps({**good, "subject_id": "canary-w1"}),  # 4: reserved for canaries
+        json.dumps(good),  # 5: goes through, after the failures
     ]
     path = tmp_path / "checked.jsonl"
     path.write_text("\n".join(lines) + "\n", "utf-8")
@@ -568,13 +569,21 @@ def test_produce_checks_lines_as_ingest_would_and_reports_what_was_not_delivered
     result = cli("produce", "--broker", broker, "--prefix", topic_prefix, str(path))
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1
-    reported = [x for x in result.stderr.splitlines() if x.startswith("line ")]
-    assert [x.split(":")[0] for x in reported] == ["line 1", "line 2", "line 3"]
+    # Bad lines are reported as read, lines not delivered once the broker has answered.
+    reported = sorted(
+        (x for x in result.stderr.splitlines() if x.startswith("line ")),
+        key=lambda x: int(x.split(":")[0].split()[1]),
+    )
+    assert [x.split(":")[0] for x in reported] == ["line 1", "line 2", "line 3", "line 4"]
     assert "not sent" in reported[0] and "controller" in reported[0]
     assert "not sent" in reported[1] and "occurred_at" in reported[1]
     assert "not delivered: too large" in reported[2]
-    assert "delivered 1 of 4 events" in result.stderr
-    assert "2 bad lines not sent, 1 not delivered" in result.stderr
+    assert reported[3] == (
+        "line 4: not sent: subject_id: the prefix 'canary-' is reserved for the pipeline's "
+        "deletion canaries"
+    )
+    assert "delivered 1 of 5 events" in result.stderr
+    assert "3 bad lines not sent, 1 not delivered" in result.stderr
     readers.wait(["clicks"], lambda: len(readers["clicks"].records) >= 1, 20, "the good line")
     assert [r["event_id"] for r in readers["clicks"].values()] == [good["event_id"]]
 

@@ -542,12 +542,28 @@ class Readers:
         while not done():
             if time.monotonic() > deadline:
                 counts = {t: len(self[t].records) for t in names}
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}: {counts}")
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}: {counts}; "
+                    f"a fresh reader finds {self._recount(names)}"
+                )
             self.poll(names)
         if settle > 0:
             end = time.monotonic() + settle
             while time.monotonic() < end:
                 self.poll(names)
+
+    def _recount(self, topics: list[str]) -> dict[str, list[tuple[int, int]]]:
+        """(partition, offset) of every record a new reader finds: tells a reader that
+        fell behind from a pipeline that never wrote."""
+        found = {}
+        for topic in topics:
+            fresh = TopicReader(self.broker, self.prefix + topic)
+            try:
+                fresh.poll(2.0)
+                found[topic] = sorted((r.partition, r.offset) for r in fresh.records)
+            finally:
+                fresh.close()
+        return found
 
     def close(self) -> None:
         for reader in self._readers.values():
