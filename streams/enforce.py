@@ -13,10 +13,11 @@ import heapq
 import json
 import logging
 import marshal
+import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from privacy_pipeline.processors.enforcer import Decision, PolicyEnforcer
@@ -55,6 +56,10 @@ OPTOUT_ACTIONS = frozenset({"withdraw", "object"})
 # most this often, on the wall clock: reading every open command on each micro-batch would
 # cost the hot path more than a scrape every 5-15 s can show.
 STATE_GAUGES_EVERY_S = 5.0
+# ... or more seldom, so that reading them takes at most 1/STATE_GAUGES_SHARE of the enforce
+# thread: 1-3 µs an open command on our 2-core machine, and a target down for days can
+# leave hundreds of thousands open.
+STATE_GAUGES_SHARE = 50
 
 
 class Outputs(Protocol):
@@ -122,6 +127,11 @@ class EnforceCore:
         # command_id -> subject key of the commands tracked, per partition: an ack names
         # only its command. Built from the states on first use, like the timer index.
         self._owners: dict[int, dict[str, str]] = {}
+        # command_id -> (target, issued_at, deadline; instants in epoch seconds) of the
+        # commands in _owners, for the metrics: the gauges read them for every open
+        # command and the ack latency for every answer, and a tracked command is packed
+        # (about 10 µs to decode). Noted when issued, or decoded once after a restore.
+        self._facts: dict[str, tuple[str, float, float]] = {}
         self.unmatched_acks = 0
         self.metrics = metrics
         self.wall_clock = wall_clock
@@ -137,6 +147,7 @@ class EnforceCore:
         # for the gauge would cost a pass over every subject with a timer.
         self._timer_counts: dict[str, int] = {}
         self._gauges_at: float | None = None  # wall time the state gauges were last set
+        self._gauges_every = STATE_GAUGES_EVERY_S
         self.processed = 0
 
     # -- recovery -------------------------------------------------------------
@@ -154,6 +165,7 @@ class EnforceCore:
                 self.states[key] = value
         self._timers.pop(partition, None)  # rebuilt on first use
         self._owners.pop(partition, None)
+        self._facts.clear()  # rebuilt with the index, from the restored commands
         self._gauges_at = None  # the restored commands and timers show at the next chance
 
     def _index(self, partition: int) -> list[tuple[datetime, str]]:
@@ -188,23 +200,26 @@ class EnforceCore:
         """Set the gauges of the states: open commands by target and state, overdue ones,
         retention timers by controller.
 
-        At most every STATE_GAUGES_EVERY_S of wall time unless `force`; `run_group` calls
-        it after each group, and the worker on a timer so that the gauges move with the
-        wall clock (and show a recovered state) while no traffic comes. Must run where the
-        groups run (the enforce thread): it reads and prunes the command index. The cost
-        is one look-up per open command, through the index acks use.
+        At most every STATE_GAUGES_EVERY_S of wall time (longer when many commands are
+        open: see STATE_GAUGES_SHARE) unless `force`. `run_group` calls it after each
+        group, and the worker on a timer, so that the gauges move with the wall clock (and
+        show a recovered state) while no traffic comes. Must run where the groups run (the
+        enforce thread): it reads and prunes the command index. The cost is a few look-ups
+        per open command, through the index acks use; no command is decoded, but once
+        after a restore.
         """
         if self.metrics is None:
             return
         wall = self.wall_clock()
         last = self._gauges_at
-        if not force and last is not None and wall - last < STATE_GAUGES_EVERY_S:
+        if not force and last is not None and wall - last < self._gauges_every:
             return
         self._gauges_at = wall
-        now = datetime.fromtimestamp(wall, UTC)
+        started = time.perf_counter()
         open_commands: dict[tuple[str, str, str], int] = {}
         overdue: dict[tuple[str, str], int] = {}
         states = self.states
+        facts = self._facts
         for partition in range(self.partitions):
             self._index(partition)  # after a restore, the timer counts come with the index
             owners = self._owners_of(partition)
@@ -217,18 +232,25 @@ class EnforceCore:
                     # Closed by other means than an ack, or never tracked (no tracker).
                     closed.append(command_id)
                     continue
+                fact = facts.get(command_id)
+                if fact is None:
+                    fact = self._note(command_id, tracked.decision)
+                target, _issued, deadline = fact
                 controller = key.partition(":")[0]
-                target = str(tracked.decision["target"])
-                state_label = "waiting" if tracked.next_try is not None else "escalated"
+                # wait_until: the next try as stored (None once escalated), not converted.
+                state_label = "waiting" if tracked.wait_until is not None else "escalated"
                 okey = (target, state_label, controller)
                 open_commands[okey] = open_commands.get(okey, 0) + 1
                 # Every target with open commands has an overdue series, 0 or more.
                 dkey = (target, controller)
-                overdue[dkey] = overdue.get(dkey, 0) + (tracked.deadline < now)
+                overdue[dkey] = overdue.get(dkey, 0) + (deadline < wall)
             for command_id in closed:
                 del owners[command_id]
+                facts.pop(command_id, None)
         self.metrics.replace_open_commands(open_commands, overdue)
         self.metrics.replace_retention_timers(self._timer_counts)
+        spent = time.perf_counter() - started
+        self._gauges_every = max(STATE_GAUGES_EVERY_S, spent * STATE_GAUGES_SHARE)
 
     # -- processing -----------------------------------------------------------
 
@@ -426,6 +448,18 @@ class EnforceCore:
             if d["decision"] == "erasure":
                 owners = owners if owners is not None else self._owners_of(partition)
                 owners[d["command_id"]] = key
+                if self.metrics is not None and d["command_id"] not in self._facts:
+                    self._note(d["command_id"], d)  # a re-issue keeps the first's facts
+
+    def _note(self, command_id: str, decision: Mapping[str, Any]) -> tuple[str, float, float]:
+        """Keep what the metrics read of a command: its target, issue and deadline."""
+        fact = (
+            sys.intern(str(decision["target"])),  # a few targets, shared by every command
+            parse_instant(str(decision["issued_at"])).timestamp(),
+            parse_instant(str(decision["deadline"])).timestamp(),
+        )
+        self._facts[command_id] = fact
+        return fact
 
     def _ack(
         self,
@@ -443,27 +477,33 @@ class EnforceCore:
         if key is None or state is None or not state.commands or command_id not in state.commands:
             # Answered already (a redelivered ack), or not a command of ours.
             owners.pop(command_id, None)
+            self._facts.pop(command_id, None)
             self.unmatched_acks += 1
             return
         now = self.clocks.get(partition) or parse_instant(str(ack["completed_at"]))
-        command = state.commands[command_id].decision  # as issued: its target is ours
+        fact = None
+        if self.metrics is not None:
+            fact = self._facts.get(command_id) or self._note(
+                command_id, state.commands[command_id].decision
+            )
         state, out = self.enforcer.on_ack(state, ack, now)
         closed = not state.commands or command_id not in state.commands
         if closed:
             owners.pop(command_id, None)
+            self._facts.pop(command_id, None)
         dirty.add(key)
         self._schedule(key, state, timers)
         decisions.extend((d, None, None) for d in out)
-        if self.metrics is not None:
-            self._observe_ack(key, command, ack, closed)
+        if fact is not None:
+            self._observe_ack(key, fact, ack, closed)
 
     def _observe_ack(
-        self, key: str, command: Mapping[str, Any], ack: Mapping[str, Any], closed: bool
+        self, key: str, fact: tuple[str, float, float], ack: Mapping[str, Any], closed: bool
     ) -> None:
         """Count an ack under its command's target (not the one the ack names: a sink
         writes that), and time the answer that closed a command."""
         assert self.metrics is not None  # noqa: S101 - checked by the caller
-        target = command["target"]
+        target, issued, _deadline = fact
         self.metrics.observe_ack(target, ack.get("status"), key.partition(":")[0])
         if not closed:  # only done, not_found and retained close a command
             return
@@ -472,11 +512,10 @@ class EnforceCore:
             # subject log's clock at the first issue (a re-issue keeps it), completed_at
             # the target's when it acted. Redelivery or a backlog of acks does not inflate
             # it, as the wall time of receipt would.
-            issued = parse_instant(str(command["issued_at"]))
-            completed = parse_instant(str(ack["completed_at"]))
+            completed = parse_instant(str(ack["completed_at"])).timestamp()
         except (InstantError, KeyError):
             return
-        self.metrics.observe_ack_latency(target, max(0.0, (completed - issued).total_seconds()))
+        self.metrics.observe_ack_latency(target, max(0.0, completed - issued))
 
     def _schedule(self, key: str, state: SubjectState, timers: list[tuple[datetime, str]]) -> None:
         # One heap entry per subject, as in `Replay._schedule`.

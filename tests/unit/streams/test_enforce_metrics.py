@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+import privacy_pipeline.streams.enforce as enforce_module
 from privacy_pipeline.processors.enforcer import PolicyEnforcer
 from privacy_pipeline.processors.tracker import Tracking
 from privacy_pipeline.streams.enforce import STATE_GAUGES_EVERY_S, EnforceCore, decode_changelog
@@ -90,6 +92,12 @@ def answered(command: Mapping[str, Any], status: str, offset: int, at: datetime,
     ack = ack_item(command, status, offset, **kw)
     ack["event"]["completed_at"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
     return ack
+
+
+def commands_of_core(core: EnforceCore) -> list[dict[str, Any]]:
+    """The open commands of inrego:s1, as issued."""
+    commands = core.states["inrego:s1"].commands or {}
+    return [tracked.decision for tracked in commands.values()]
 
 
 def erasure_request(
@@ -208,7 +216,7 @@ def test_a_restored_worker_shows_its_open_commands_and_timers_without_traffic() 
     wall = Wall(ASKED_AT)
     core, out, _ = new_core(wall)
     changelog: list[bytes] = []
-    erasure_request(core, out, changelog)
+    commands = erasure_request(core, out, changelog)
     visits = [click("inrego", f"v{i}", "2026-03-03T09:01:00Z") for i in range(3)]
     visits.append(customer("rego", "r1", "2026-03-03T09:01:00Z"))
     changelog += core.process(0, events_batch(visits, 2), 1)
@@ -230,6 +238,29 @@ def test_a_restored_worker_shows_its_open_commands_and_timers_without_traffic() 
     assert value(registry, "retention_timers", controller="rego") == 1
     assert value(registry, "retention_timers", controller="none") is None
     assert fresh.timer_count() == 5
+    # An ack of a restored command is timed from its first issue too.
+    command = commands[0]
+    answered_at = ASKED_AT + timedelta(minutes=7)
+    fresh.process_batch(0, batch([answered(command, "done", 0, answered_at)]), 2)
+    target = command["target"]
+    assert value(registry, "erasure_ack_latency_seconds_sum", target=target) == 420
+
+
+def test_many_open_commands_make_the_gauges_read_more_seldom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reading the gauges may take at most 1/STATE_GAUGES_SHARE of the enforce thread.
+    monkeypatch.setattr(enforce_module, "STATE_GAUGES_SHARE", 10**9)
+    wall = Wall(ASKED_AT)
+    core, out, registry = new_core(wall)
+    erasure_request(core, out)  # read once, then every (time it took) x 10^9 at least
+    assert open_commands(registry)[("business-systems", "waiting")] == 1
+    core.process_batch(0, batch([answered(commands_of_core(core)[0], "done", 0, ASKED_AT)]), 1)
+    wall.advance(STATE_GAUGES_EVERY_S * 100)
+    core.observe_state()
+    assert open_commands(registry)[("business-systems", "waiting")] == 1
+    core.observe_state(force=True)
+    assert open_commands(registry)[("business-systems", "waiting")] == 0
 
 
 def test_retention_timers_per_controller_follow_the_subjects() -> None:
