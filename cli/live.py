@@ -355,7 +355,18 @@ def _safe(exc: Exception) -> str:
 @click.argument("topic")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record.")
 @click.option("--max", "max_records", type=int, default=None, help="Stop after N records.")
-@click.option("--timeout", type=float, default=None, help="Stop after S seconds without records.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Stop after S seconds without a record to print (ticks do not count).",
+)
+@click.option(
+    "--ticks",
+    is_flag=True,
+    help="Print the ticks too: on the subject log, and the changelog records that only "
+    "move the clock.",
+)
 def tail(
     broker: str,
     prefix: str,
@@ -363,18 +374,27 @@ def tail(
     from_beginning: bool,
     max_records: int | None,
     timeout: float | None,
+    ticks: bool,
 ) -> None:
     """Print records of a pipeline topic as decoded JSON lines (like kcat).
 
+    Any topic of the pipeline: inputs, tagged records, erasure commands and acks,
+    escalations, request statuses, audit, dead letters, the subject log (its ticks
+    hidden unless --ticks) and the worker's state changelog
+    (APP_ID-subject-state-changelog: each record's changed subjects, as states).
+    Bytes print as {"base64": ..., "length": N}, a dead letter's original record too.
+
     \b
-    Example:
+    Examples:
       privacy-pipeline tail erasure-commands --broker 127.0.0.1:9092 --from-beginning
+      privacy-pipeline tail dead-letters --broker 127.0.0.1:9092 --from-beginning --timeout 5
+      privacy-pipeline tail privacy-pipeline-subject-state-changelog --broker ... --max 3
     """
     import uuid
 
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
-    from privacy_pipeline.streams.serde import AvroSerde, RecordError
+    from privacy_pipeline.streams.serde import AvroSerde
 
     serde = AvroSerde()
     _require_broker(broker)
@@ -389,6 +409,7 @@ def tail(
         raise click.ClickException(f"topic '{name}' not found on {broker}")
     start = OFFSET_BEGINNING if from_beginning else OFFSET_END
     consumer.assign([TopicPartition(name, p, start) for p in sorted(metadata.partitions)])
+    changelog = topic.endswith("-changelog")
     seen = 0
     last = time.monotonic()
     out = sys.stdout
@@ -404,17 +425,14 @@ def tail(
                 if err.code() != KafkaError._PARTITION_EOF:
                     click.echo(f"error: {err.str()}", err=True)
                 continue
+            record: dict[str, Any] | None
+            if changelog:
+                record = _changelog_json(msg.key(), msg.value() or b"", ticks)
+            else:
+                record = _record_json(serde, msg.value() or b"", ticks)
+            if record is None:
+                continue  # only ticks: not shown, and not activity for --timeout
             last = time.monotonic()
-            try:
-                _, record = serde.decode(msg.value() or b"")
-            except RecordError as exc:
-                record = {"undecodable": exc.reason, "bytes": len(msg.value() or b"")}
-            if isinstance(record.get("original"), bytes):
-                record["original"] = record["original"].decode("utf-8", "replace")
-            if isinstance(record.get("signature"), bytes):
-                record["signature"] = base64.b64encode(record["signature"]).decode()
-            if isinstance(record.get("key"), bytes):
-                record["key"] = record["key"].decode("utf-8", "replace")
             out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             out.flush()
             seen += 1
@@ -422,6 +440,63 @@ def tail(
         pass
     finally:
         consumer.close()
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` with every bytes value as {"base64": ..., "length": N}: no mojibake."""
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode(), "length": len(value)}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _record_json(serde: Any, value: bytes, ticks: bool) -> dict[str, Any] | None:
+    """A decoded record; None for a subject-log batch of ticks alone (unless `ticks`)."""
+    from privacy_pipeline.streams.serde import RecordError
+    from privacy_pipeline.streams.subject_batch import TICKER_SOURCE
+
+    try:
+        name, record = serde.decode(value)
+    except RecordError as exc:
+        return {"undecodable": exc.reason, "bytes": _jsonable(value)}
+    if name == "SubjectBatch" and not ticks:
+        items = [i for i in record["items"] if i.get("source_topic") != TICKER_SOURCE]
+        if not items:
+            return None
+        record = {**record, "items": items}
+    if isinstance(record.get("signature"), bytes):
+        # A signature is only ever compared, never read: base64 text as sinks see it.
+        record["signature"] = base64.b64encode(record["signature"]).decode()
+    if isinstance(record.get("key"), bytes):
+        try:
+            record["key"] = record["key"].decode("utf-8")
+        except UnicodeDecodeError:
+            pass  # shown as base64 below
+    out: dict[str, Any] = _jsonable(record)
+    return out
+
+
+def _changelog_json(key: bytes | None, value: bytes, ticks: bool) -> dict[str, Any] | None:
+    """One state changelog record: the subjects it changed (states as their JSON form),
+    the partition's clock and last applied offset; the fence written at each start.
+    None for a record that only moves the clock and offset (a tick's), unless `ticks`."""
+    from privacy_pipeline.streams.enforce import CLOCK_KEY, OFFSET_KEY, decode_changelog
+
+    if not value:
+        return {"key": None if key is None else key.decode("utf-8", "replace"), "fence": True}
+    try:
+        changes = decode_changelog(value)
+    except Exception as exc:  # noqa: BLE001 - any undecodable bytes are shown, not fatal
+        return {"undecodable": type(exc).__name__, "bytes": _jsonable(value)}
+    if not ticks and not set(changes) - {CLOCK_KEY, OFFSET_KEY}:
+        return None
+    return {
+        "key": None if key is None else key.decode("utf-8", "replace"),
+        "changes": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in changes.items()},
+    }
 
 
 @click.command()

@@ -33,7 +33,7 @@ from .records import subject_partition, wall_instant
 from .serde import AvroSerde, RecordError
 from .settings import ClientTuning
 from .signing import CommandVerifier
-from .subject_batch import SubjectBatchWriter, SubjectEntry
+from .subject_batch import TICKER_SOURCE, SubjectBatchWriter, SubjectEntry
 from .topics import DEAD_LETTERS, ERASURE_ACKS, INPUT_TOPICS, SUBJECT_LOG, topic_schema
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class Ingest:
             entries.setdefault(partition, []).append(
                 SubjectEntry(
                     "",
-                    "ticker",
+                    TICKER_SOURCE,
                     partition,
                     -1,
                     int(now * 1000),

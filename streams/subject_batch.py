@@ -19,6 +19,9 @@ from .serde import MAGIC, AvroSerde
 
 _HEADER = len(MAGIC) + 8
 
+TICKER_SOURCE = "ticker"
+"""The `source_topic` of a tick in a micro-batch (ticks come from ingest, not a topic)."""
+
 
 class SubjectEntry(NamedTuple):
     """One item of a micro-batch, its event as an Avro body of schema `schema`."""

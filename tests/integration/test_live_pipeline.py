@@ -6,6 +6,7 @@ the way a producer service does, and reads the output topics as a downstream sys
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -474,7 +475,11 @@ def test_tail_prints_erasure_commands_as_json(
     lines = result.stdout.splitlines()
     assert [json.loads(line) for line in lines[:3]] == commands
     assert "åsa-1" in lines[0]  # readable text, not escapes
-    assert json.loads(lines[3]) == {"undecodable": "undecodable", "bytes": 8}
+    # Bytes as base64 with their length: exact, and no mojibake on a terminal.
+    assert json.loads(lines[3]) == {
+        "undecodable": "undecodable",
+        "bytes": {"base64": "bm90IGF2cm8=", "length": 8},
+    }
     assert len(lines) == 4
 
     first_two = cli(*base, "--from-beginning", "--max", "2", "--timeout", "10")
@@ -486,6 +491,60 @@ def test_tail_prints_erasure_commands_as_json(
     )
     assert missing.returncode != 0
     assert "not found" in missing.stderr
+
+
+def test_tail_reads_the_subject_log_without_ticks_the_changelog_and_dead_letters_bytes(
+    broker: str,
+    topic_prefix: str,
+    make_topics: MakeTopics,
+    start_worker: StartWorker,
+    readers: Readers,
+) -> None:
+    make_topics(1)
+    start_worker(partitions=1)
+    now = datetime.now(UTC).replace(microsecond=0)
+    event = click("inrego", "tl-1", now - timedelta(minutes=1))
+    junk = b"\xc3\x01 not avro \xff"
+    send_raw(
+        broker, topic_prefix + "clicks", [(b"inrego:tl-1", SERDE.encode(*event_to_avro(event)))]
+    )
+    send_raw(broker, topic_prefix + "clicks", [(b"inrego:tl-2", junk)])
+    readers.wait(
+        ["tagged-clicks", "dead-letters"],
+        lambda: bool(readers["tagged-clicks"].records and readers["dead-letters"].records),
+        timeout=60,
+        what="the click tagged and the junk dead-lettered",
+    )
+    base = ("tail", "--broker", broker, "--prefix", topic_prefix, "--from-beginning")
+
+    # Ticks arrive every second; they are hidden and do not keep --timeout alive.
+    started = time.monotonic()
+    log = cli(*base, "subject-log", "--timeout", "3", timeout=60)
+    assert log.returncode == 0, log.stderr
+    assert time.monotonic() - started < 30
+    batches = [json.loads(line) for line in log.stdout.splitlines()]
+    items = [i for b in batches for i in b["items"]]
+    assert [i["source_topic"] for i in items] == ["clicks"]  # the contract name
+    assert items[0]["event"]["event_id"] == event["event_id"]
+    with_ticks = cli(*base, "subject-log", "--ticks", "--max", "3", "--timeout", "10")
+    assert any(
+        i["source_topic"] == "ticker"
+        for line in with_ticks.stdout.splitlines()
+        for i in json.loads(line)["items"]
+    )
+
+    dead = cli(*base, "dead-letters", "--timeout", "3")
+    [letter] = [json.loads(line) for line in dead.stdout.splitlines()]
+    assert letter["original"] == {"base64": base64.b64encode(junk).decode(), "length": len(junk)}
+    assert letter["key"] == "inrego:tl-2"
+
+    changelog = cli(*base, "privacy-pipeline-subject-state-changelog", "--timeout", "3")
+    assert changelog.returncode == 0, changelog.stderr
+    records = [json.loads(line) for line in changelog.stdout.splitlines()]
+    assert any(r.get("fence") for r in records)
+    states = [r["changes"]["inrego:tl-1"] for r in records if "inrego:tl-1" in r.get("changes", {})]
+    assert states and states[-1]["role"] == "customer"
+    assert "undecodable" not in changelog.stdout
 
 
 def test_produce_reports_bad_lines_and_sends_only_good_ones(
