@@ -8,6 +8,7 @@ third is down for the whole test.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -141,3 +142,81 @@ def test_a_target_that_is_down_gets_its_command_again_then_a_person_does(
     lines = shown.stdout.splitlines()
     assert len(lines) == len(ASKING)
     assert all("partially_completed" in line and "targets 3/3 answered" in line for line in lines)
+
+
+def test_the_tracker_s_state_survives_a_kill_9_exactly(
+    broker: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    make_topics: MakeTopics,
+    start_worker: StartWorker,
+    run_sink: StartSink,
+    readers: Readers,
+) -> None:
+    """Killed -9 after the answers of the targets that are up, the worker's successor
+    knows them: it never asks those targets again, asks only the target that is down,
+    with the same command and the next attempts, and ends each request as partially
+    completed with the first worker's answers in it."""
+    make_topics(2)
+    first = start_worker(
+        partitions=2, name="first", extra_args=["--ack-timeout", "25", "--max-attempts", "3"]
+    )
+    for target in UP:
+        run_sink(target, *downstream(tmp_path, target))
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = [customer(CONTROLLER, p, now - timedelta(days=3)) for p in PEOPLE]
+    events += [request(CONTROLLER, p, now - timedelta(minutes=1), "erasure") for p in ASKING]
+    produce_file(broker, topic_prefix, write_events(tmp_path / "events.jsonl", events))
+
+    answered = len(ASKING) * len(UP)
+    readers.wait(
+        ["erasure-acks"],
+        lambda: len(readers["erasure-acks"].records) >= answered,
+        timeout=90,
+        what="the answers of the targets that are up",
+    )
+    # Time for the worker to read the acks and write their effect to its changelog (it
+    # writes a group's changelog once the group's outputs are acknowledged: well under 1 s).
+    time.sleep(4)
+    first.kill()  # SIGKILL, the worker and its ingest process: no goodbye, no last commit
+    readers.poll(["erasure-commands"], seconds=1.0)
+    assert {c["attempt"] for c in readers["erasure-commands"].values()} == {1}
+
+    start_worker(
+        partitions=2, name="second", extra_args=["--ack-timeout", "2", "--max-attempts", "3"]
+    )
+    # The first wait (25 s from the issue) was kept; then 4 s; then the escalation.
+    readers.wait(
+        ["erasure-escalations", "privacy-request-status"],
+        lambda: (
+            sum(
+                v["status"] == "partially_completed"
+                for v in readers["privacy-request-status"].values()
+            )
+            >= len(ASKING)
+        ),
+        timeout=120,
+        what="the requests' final status from the second worker",
+        settle=1.0,
+    )
+    readers.wait(["erasure-commands"], lambda: True, timeout=5, what="", settle=2.0)
+    commands = readers["erasure-commands"].values()
+    # The targets that answered before the kill are never asked again.
+    assert sorted((c["subject_id"], c["target"]) for c in commands if c["target"] in UP) == sorted(
+        (p, t) for p in ASKING for t in UP
+    )
+    down = [c for c in commands if c["target"] == DOWN]
+    assert sorted((c["subject_id"], c["attempt"]) for c in down) == [
+        (p, a) for p in ASKING for a in (1, 2, 3)
+    ]
+    assert all(len({c["command_id"] for c in down if c["subject_id"] == p}) == 1 for p in ASKING)
+    escalations = readers["erasure-escalations"].values()
+    assert sorted((e["subject_id"], e["target"], e["attempt"]) for e in escalations) == [
+        (p, DOWN, 3) for p in ASKING
+    ]
+    final = [v for v in readers["privacy-request-status"].values() if v["status"] != "in_progress"]
+    assert len(final) == len(ASKING)
+    for status in final:
+        outcomes = {t["target"]: t["outcome"] for t in status["targets"]}
+        assert outcomes == {**dict.fromkeys(UP, "done"), DOWN: "escalated"}
