@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import sys
@@ -115,7 +116,13 @@ class _Duration(click.ParamType):
     "which is reserved: ingest dead-letters such ids without the worker's canary "
     "signature. Needs the tracker (--ack-timeout above 0).",
 )
-@click.option("--log-level", default="warn", show_default=True, help="crit, error, warn, info.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["crit", "error", "warn", "info", "debug"], case_sensitive=False),
+    default="warn",
+    show_default=True,
+    help="Least severe log lines shown (the worker, faust and the clients).",
+)
 def run(
     broker: str | None,
     prefix: str,
@@ -159,7 +166,10 @@ def run(
     # The ingest process the worker spawns checks canary signatures against the key of
     # this folder (streams/canary.py): the same key the worker signs with.
     os.environ[ENV_SECRETS] = str(secrets.resolve())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=_LOG_LEVELS.get(log_level.lower(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     embedded = None
     if not broker:
         from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker
@@ -181,9 +191,16 @@ def run(
         if ack_timeout > 0
         else None,
     )
-    click.echo(
-        f"worker: broker {broker}, metrics http://{metrics_host}:{metrics_port}/metrics", err=True
-    )
+    metrics_url = f"http://{metrics_host}:{metrics_port}/metrics"
+
+    def ready() -> None:
+        where = "embedded broker" if embedded is not None else "broker"
+        click.echo(
+            f"ready: {where} {broker}, topics prefix {prefix!r}, {partitions} partitions, "
+            f"tracker {'on' if config.tracking else 'off'}; metrics {metrics_url}",
+            err=True,
+        )
+
     canaries: CanaryRunner | None = None
     if canary_every is not None:
         try:
@@ -193,14 +210,26 @@ def run(
         canaries = start_canaries(config.settings, controllers, canary_every, secrets, metrics)
         click.echo(f"canaries: every {canary_every:g} s for {', '.join(controllers)}", err=True)
     try:
-        code = run_worker(config, metrics, loglevel=log_level)
+        code = run_worker(config, metrics, loglevel=log_level, on_ready=ready)
     finally:
         if canaries is not None:
             canaries.stop()
         stop_metrics()
         if embedded is not None:
-            embedded.stop()
+            # The worker's clients are garbage now; collected, they close their
+            # connections, and the broker, which waits for them, exits at once.
+            gc.collect()
+            embedded.stop(grace=1.0)
     sys.exit(code)
+
+
+_LOG_LEVELS = {
+    "crit": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
 
 
 def _metrics(port: int, host: str) -> tuple[Any, Any]:
@@ -541,7 +570,13 @@ def _changelog_json(key: bytes | None, value: bytes, ticks: bool) -> dict[str, A
     help="Partitions of every topic.",
 )
 @secrets_option
-@click.option("--log-level", default="warn", show_default=True, help="crit, error, warn, info.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["crit", "error", "warn", "info", "debug"], case_sensitive=False),
+    default="warn",
+    show_default=True,
+    help="Least severe log lines shown (the worker, faust and the clients).",
+)
 def demo(
     broker: str | None,
     broker_port: int | None,

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,7 @@ from .metrics import PipelineMetrics
 from .outputs import GroupAck, ProducerOutputs
 from .serde import AvroSerde
 from .settings import Settings, default_secrets
-from .signing import CommandSigner
+from .signing import CommandSigner, CommandVerifier, SigningKeyError
 from .subject_log import SubjectLogReader
 from .topic_admin import ensure_topics
 from .topics import ERASURE_ACKS, INPUT_TOPICS, SUBJECT_LOG, TopicSpec, topic_specs
@@ -357,6 +357,7 @@ def _ingest_main(
         tuning=config.settings.tuning,
         on_dead_letter=dead,
         on_event=event,
+        canary_verifier=_canary_verifier(config.secrets),
     )
     last = time.monotonic()
     try:
@@ -371,6 +372,15 @@ def _ingest_main(
         if pending:
             out.put(dict(pending))
         ingest.close()
+
+
+def _canary_verifier(secrets: Path) -> CommandVerifier | None:
+    """The worker's own key checks the canaries ingest lets through: none without a key
+    (then every reserved subject id is refused)."""
+    try:
+        return CommandVerifier.from_secrets(secrets)
+    except SigningKeyError:
+        return None
 
 
 class IngestProcess:
@@ -412,6 +422,10 @@ class IngestProcess:
                     self.metrics.observe_dead_letter(key[1], key[2], n)
                 else:
                     self.metrics.observe_event(key[1], key[2], key[3], n)
+
+    def request_stop(self) -> None:
+        """Tell ingest to finish its step, flush, commit and leave; `stop` waits for it."""
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -530,9 +544,16 @@ class ConsumerLag:
 
 
 def run_worker(
-    config: WorkerConfig, metrics: PipelineMetrics | None, loglevel: str = "warn"
+    config: WorkerConfig,
+    metrics: PipelineMetrics | None,
+    loglevel: str = "warn",
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
-    """Prepare topics, start ingest, run the faust worker until stopped; return exit code."""
+    """Prepare topics, start ingest, run the faust worker until stopped; return exit code.
+
+    `on_ready` is called once the worker owns its partitions, has recovered their state
+    and has started ingest: from then on events are enforced.
+    """
     prepare(config)
     gc.set_threshold(*GC_THRESHOLDS)
     app, table, core = build_app(config, metrics)
@@ -540,10 +561,23 @@ def run_worker(
     if lag is not None:
         lag.start()
     ingest = IngestProcess(config, metrics) if config.ingest else None
-    if ingest is not None:
+
+    def ready() -> None:
         # Ingest starts once the worker has its partitions and state: its first ticks
         # would otherwise wait in the subject log while faust joins and recovers.
-        table.on_ready = ingest.start
+        if ingest is not None:
+            ingest.start()
+        if on_ready is not None:
+            on_ready()
+
+    table.on_ready = ready
+    if ingest is not None:
+        # Ingest winds down (its last flush and commit, leaving its group) while faust
+        # stops, not after it: a stop takes the longer of the two, not their sum.
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust: untyped
+        async def _stop_ingest(_app: Any, **_kwargs: Any) -> None:
+            ingest.request_stop()
+
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     if not sys.stdout.isatty():
         worker.spinner = None  # no cursor-control codes in logs and pipes

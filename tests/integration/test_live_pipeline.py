@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import signal
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from dateutil.relativedelta import relativedelta
 from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -26,7 +30,11 @@ from worker_process import (
     MakeTopics,
     Readers,
     StartWorker,
+    alive,
+    child_env,
+    children_of,
     cli,
+    cli_path,
     click,
     consent,
     customer,
@@ -657,6 +665,52 @@ def test_commands_say_in_one_line_that_the_broker_is_down(unused_port: int) -> N
             "Local: Broker transport failure); is it running, and is --broker "
             "(or KAFKA_BOOTSTRAP_SERVERS) right?"
         ], args
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_run_says_when_it_is_ready_and_stops_quickly_with_its_broker(
+    tmp_path: Path, unused_port: int, sig: signal.Signals
+) -> None:
+    # No --broker: run starts the embedded one and must stop it too.
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [cli_path(), "run", "--metrics-port", str(unused_port), "--partitions", "2"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(tmp_path / "tmp"),
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "ready:" not in log.read_text("utf-8", "replace"):
+            assert proc.poll() is None, log.read_text("utf-8", "replace")
+            assert time.monotonic() < deadline, log.read_text("utf-8", "replace")
+            time.sleep(0.2)
+        children = children_of(proc.pid)
+        assert children, "the embedded broker and ingest run as children"
+        started = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(30)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = log.read_text("utf-8", "replace").splitlines()
+    # At the default level (warn): the broker it started, then one line when ready; no
+    # INFO lines, no client noise when the broker goes away.
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("started the embedded broker (Tansu)")
+    assert re.fullmatch(
+        r"ready: embedded broker 127\.0\.0\.1:\d+, topics prefix '', 2 partitions, "
+        rf"tracker on; metrics http://127\.0\.0\.1:{unused_port}/metrics",
+        lines[1],
+    ), lines[1]
+    assert code == 0
+    # Issue 8's bar is 3 s (2.0-2.6 s measured on 2 busy cores); the bound here only
+    # catches the 8-12 s it took before, on a shared machine.
+    assert took < 6, f"stopped in {took:.1f} s"
+    assert [pid for pid in children if alive(pid)] == []
 
 
 def test_produce_reports_a_line_that_is_not_utf8(
