@@ -22,20 +22,22 @@ import sqlalchemy as sa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from worker_process import (
+    SERDE,
     TUNING,
     MakeTopics,
     Readers,
     StartSink,
     StartWorker,
+    cli,
     customer,
     pick_port,
-    produce_file,
     request,
     send_raw,
     write_events,
 )
 
 from privacy_pipeline.streams.canary import CANARY_HEADER
+from privacy_pipeline.streams.serde import event_to_avro
 
 CONTROLLER = "unnamed004"
 TARGETS = ("registers", "subcontractors")
@@ -235,8 +237,20 @@ def test_canaries_are_erased_from_the_databases_and_timed_and_nobody_can_forge_o
     now = datetime.now(UTC)
     forged_person = customer(CONTROLLER, "canary-unnamed004-forged-1", now)
     forged_request = request(CONTROLLER, planted, now, "erasure")
-    produce_file(broker, topic_prefix, write_events(tmp_path / "forged.jsonl", [forged_person]))
-    produce_file(broker, topic_prefix, write_events(tmp_path / "request.jsonl", [forged_request]))
+    # `produce` refuses canary ids up front; any other Kafka client can still send them.
+    refused_by_produce = cli(
+        "produce",
+        "--broker",
+        broker,
+        "--prefix",
+        topic_prefix,
+        str(write_events(tmp_path / "forged.jsonl", [forged_person])),
+    )
+    assert refused_by_produce.returncode == 1
+    assert "the prefix 'canary-' is reserved" in refused_by_produce.stderr
+    for topic, event in (("customers", forged_person), ("privacy-requests", forged_request)):
+        key_of = f"{event['controller']}:{event['subject_id']}".encode()
+        send_raw(broker, topic_prefix + topic, [(key_of, SERDE.encode(*event_to_avro(event)))])
     key, value, signature = canary_record_with_header(broker, topic_prefix + "customers")
     tampered = value.replace(b"@canary.invalid", b"@canary.invalix")
     assert tampered != value
