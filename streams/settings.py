@@ -69,6 +69,12 @@ class ClientTuning(BaseModel):
     enforce_fetch_wait_ms: int = Field(
         30, description="The faust consumer of the subject log (faust hard-codes 1.5 s)."
     )
+    sink_fetch_wait_ms: int = Field(
+        100,
+        description="Sinks and materialisers: commands have deadlines of hours, and waits "
+        "below ~100 ms can stall on topics of tiny batches on the embedded broker (a sink "
+        "at 30 ms was seen to get no command of one partition for 90 s).",
+    )
     reader_fetch_wait_ms: int = Field(
         100,
         description="Readers with no latency target (tail, the subject-log re-reader): "
@@ -133,6 +139,13 @@ class ClientTuning(BaseModel):
             "session.timeout.ms": self.ingest_session_timeout_ms,
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
             "fetch.wait.max.ms": self.ingest_fetch_wait_ms,
+        }
+
+    def sink_consumer(self, bootstrap: str, group_id: str) -> dict[str, Any]:
+        """A sink's (or materialiser's) consumer: its group's offsets committed by hand."""
+        return {
+            **self.ingest_consumer(bootstrap, group_id),
+            "fetch.wait.max.ms": self.sink_fetch_wait_ms,
         }
 
     def reader_consumer(
