@@ -16,7 +16,9 @@ from typing import IO, Any
 import click
 
 from privacy_pipeline.cli.options import (
+    LOG_LEVELS,
     broker_option,
+    log_level_option,
     policies_option,
     prefix_option,
     secrets_option,
@@ -116,13 +118,7 @@ class _Duration(click.ParamType):
     "which is reserved: ingest dead-letters such ids without the worker's canary "
     "signature. Needs the tracker (--ack-timeout above 0).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["crit", "error", "warn", "info", "debug"], case_sensitive=False),
-    default="warn",
-    show_default=True,
-    help="Least severe log lines shown (the worker, faust and the clients).",
-)
+@log_level_option
 def run(
     broker: str | None,
     prefix: str,
@@ -167,7 +163,7 @@ def run(
     # this folder (streams/canary.py): the same key the worker signs with.
     os.environ[ENV_SECRETS] = str(secrets.resolve())
     logging.basicConfig(
-        level=_LOG_LEVELS.get(log_level.lower(), logging.WARNING),
+        level=LOG_LEVELS.get(log_level.lower(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     embedded = None
@@ -221,15 +217,6 @@ def run(
             gc.collect()
             embedded.stop(grace=1.0)
     sys.exit(code)
-
-
-_LOG_LEVELS = {
-    "crit": logging.CRITICAL,
-    "error": logging.ERROR,
-    "warn": logging.WARNING,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
-}
 
 
 def _metrics(port: int, host: str) -> tuple[Any, Any]:
@@ -570,13 +557,7 @@ def _changelog_json(key: bytes | None, value: bytes, ticks: bool) -> dict[str, A
     help="Partitions of every topic.",
 )
 @secrets_option
-@click.option(
-    "--log-level",
-    type=click.Choice(["crit", "error", "warn", "info", "debug"], case_sensitive=False),
-    default="warn",
-    show_default=True,
-    help="Least severe log lines shown (the worker, faust and the clients).",
-)
+@log_level_option
 def demo(
     broker: str | None,
     broker_port: int | None,

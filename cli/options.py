@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,3 +58,22 @@ secrets_option = click.option(
     help=f"Folder of the pipeline's keys (env {ENV_SECRETS}). The worker creates its "
     "command-signing key pair there when missing; a sink needs only command-signing.pub.",
 )
+
+
+LOG_LEVELS: dict[str, int] = {
+    "crit": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
+"""`--log-level` names and the `logging` levels they stand for."""
+
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(list(LOG_LEVELS), case_sensitive=False),
+    default="warn",
+    show_default=True,
+    help="Least severe log lines shown (the worker, faust and the clients).",
+)
+"""`--log-level`, for the commands that run a worker."""
