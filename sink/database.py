@@ -31,6 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from privacy_pipeline.processors.instants import InstantError, format_instant, parse_instant
 
 from .mapping import APPLIED_COMMANDS_TABLE, Constant, MappingError, SinkMapping, TableMapping
+from .scopes import SCOPES_TABLE, ScopeStore
 
 logger = logging.getLogger(__name__)
 
@@ -391,10 +392,22 @@ class CommandApplier:
       is not stored: the transaction was rolled back, and a redelivery tries again.
     """
 
-    def __init__(self, engine: Engine, mapping: SinkMapping, *, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        mapping: SinkMapping,
+        *,
+        schema: str | None = None,
+        keep_scopes: bool = False,
+    ) -> None:
         """Reflect the mapped tables and check them against the mapping, then create
         `applied_commands` if it is missing. Raises DatabaseMismatchError naming every
-        missing table or column and every column type a strategy cannot write."""
+        missing table or column and every column type a strategy cannot write.
+
+        With `keep_scopes`, each command answered `done`, `not_found` or `retained` also
+        leaves its scope in `command_scopes`, in the command's transaction, for a
+        :class:`~privacy_pipeline.sink.materialise.Materialiser` filling the same tables
+        (see :mod:`privacy_pipeline.sink.scopes`)."""
         self._engine = engine
         self._mapping = mapping
         self._sqlite = engine.dialect.name == "sqlite"
@@ -435,6 +448,7 @@ class CommandApplier:
         self._tables = [reflected[name] for name in order]
         self._applied = _applied_commands_table(metadata)
         self._prepare(source, existing)
+        self._scopes = ScopeStore(engine, schema=schema) if keep_scopes else None
 
     def _prepare(self, source: str, existing: set[str]) -> None:
         if APPLIED_COMMANDS_TABLE not in existing:
@@ -495,6 +509,10 @@ class CommandApplier:
 
         try:
             with self._engine.begin() as conn:
+                if self._scopes is not None:
+                    # Before anything else: a materialiser must not check the scopes and
+                    # write between this command's statements and its commit.
+                    self._scopes.lock(conn)
                 stored = self._stored(conn, command_id)
                 if stored is not None:
                     if not (stored["status"] == "failed" and attempt > stored.get("attempt", 1)):
@@ -505,6 +523,9 @@ class CommandApplier:
                 answer = ack(self._outcome(conn, command, progress))
                 progress.on(APPLIED_COMMANDS_TABLE)
                 self._store(conn, answer)
+                if self._scopes is not None and answer["status"] != "failed":
+                    progress.on(SCOPES_TABLE)
+                    self._scopes.record(conn, command, parse_instant(completed_at))
                 # Leaving the block commits; a deferred constraint fails only then.
                 progress.where = "at commit"
                 return answer

@@ -57,6 +57,8 @@ _MAX_IDENTIFIER = 63
 
 #: The sink's own bookkeeping table; a mapped table may not use the name.
 APPLIED_COMMANDS_TABLE = "applied_commands"
+#: The sink's other tables (see `privacy_pipeline.sink.scopes`); not for mapped tables either.
+RESERVED_TABLES = (APPLIED_COMMANDS_TABLE, "command_scopes", "command_scopes_lock")
 
 
 class MappingError(ValueError):
@@ -235,10 +237,9 @@ class SinkMapping(_Strict):
     @model_validator(mode="after")
     def _tables(self) -> SinkMapping:
         problems: list[tuple[str, str]] = []
-        if APPLIED_COMMANDS_TABLE in self.tables:
-            problems.append(
-                (f"tables.{APPLIED_COMMANDS_TABLE}", "the name of the sink's own table")
-            )
+        for reserved in RESERVED_TABLES:
+            if reserved in self.tables:
+                problems.append((f"tables.{reserved}", "the name of the sink's own table"))
         # Subject ids are the controller's own, so two controllers may use the same one for
         # different people, and every controller's commands for a target reach its sinks.
         # Without a controller column, only a sink limited to one controller knows whose

@@ -304,6 +304,12 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "tables.applied_commands",
         "the name of the sink's own table",
     ),
+    (
+        "reserved-scopes-table",
+        _rename_table("command_scopes"),
+        "tables.command_scopes",
+        "the name of the sink's own table",
+    ),
     ("tables-not-a-mapping", _set("tables", ["customers"]), "tables", "valid dictionary"),
     (
         "no-controller-column-for-any-controller",
