@@ -1,4 +1,5 @@
-"""`privacy-pipeline demo`: the embedded broker, the worker and synthetic traffic, live.
+"""`privacy-pipeline demo`: the embedded broker, the worker, two sinks and synthetic
+traffic, live.
 
 What runs, and where:
 
@@ -8,7 +9,17 @@ What runs, and where:
   before the worker has drained;
 - the **worker** (`run_worker`: batched ingest in a child process, the faust enforce
   agent) in the main thread, as faust wants; it installs the SIGINT/SIGTERM handlers
-  that stop it cleanly;
+  that stop it cleanly. Its tracker waits DEMO_ACK_TIMEOUT (20 s) for an ack before it
+  re-issues a command, so a paused sink shows within the first minute;
+- **two sinks** (:mod:`privacy_pipeline.demo.sinks`), one spawned process each, on SQLite
+  files in a fresh temporary folder that is kept afterwards: ``web-analytics`` (rego,
+  inrego) and ``credit-agency`` (rego, rejoin). Each fills its table from the tagged
+  records, as a downstream service would, and applies the erasure commands for its
+  target to it. ``kill -STOP PID`` pauses one (its commands go overdue and are
+  re-issued), ``kill -CONT PID`` resumes it; the demo prints the pids;
+- the **loop** (:mod:`privacy_pipeline.demo.loop`), one spawned process: it counts
+  commands, acks, re-issues, rows erased and request statuses for the summary, and
+  answers ``not_found`` for the targets that have no sink in the demo;
 - the **traffic producer** in a spawned child process (so generating and encoding events
   never competes with the enforce agent for the GIL): realistic events of the five seed
   controllers from :class:`~privacy_pipeline.demo.traffic.TrafficModel`, Avro-encoded, at
@@ -18,12 +29,13 @@ What runs, and where:
   (as producers get it wrong: unknown controller, bad timestamp, JSON instead of Avro), so
   dead letters appear. It waits until the worker has processed its first micro-batch, and
   stops after ``--max-events`` records: the in-memory broker never frees memory;
-- a **live summary** on stderr every 2 s, read back from the Prometheus registry the
-  worker records into: counts and closed-vocabulary labels only, never personal data or
-  subject ids.
+- a **live summary** on stderr every 5 s, a block of lines of at most 100 columns, read
+  back from the Prometheus registry the worker records into and from the loop's and the
+  sinks' counters: counts, closed-vocabulary labels and pids only, never personal data
+  or subject ids.
 
 ``--duration`` stops the producer, then sends the worker the same SIGTERM a supervisor
-would. Without it the demo runs until Ctrl-C.
+would; the sinks and the loop stop after it. Without it the demo runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -33,36 +45,54 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from random import Random
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
-from privacy_pipeline.demo.traffic import CONTROLLERS, TrafficModel
+from privacy_pipeline.demo.loop import LoopCounts, LoopProcess
+from privacy_pipeline.demo.traffic import TrafficModel
 from privacy_pipeline.streams.settings import Settings
+
+if TYPE_CHECKING:  # faust and SQLAlchemy stay out of the traffic producer's process
+    from privacy_pipeline.demo.sinks import SinkProcess
+    from privacy_pipeline.streams.metrics import PipelineMetrics
 
 __all__ = [
     "DemoTraffic",
     "OutRecord",
+    "SinkView",
     "Snapshot",
     "TrafficConfig",
     "bucket_quantile",
-    "run_demo",
+    "cli_command",
+    "closing_lines",
     "format_summary",
     "read_snapshot",
+    "run_demo",
 ]
 
-SUMMARY_INTERVAL = 2.0
-"""Seconds between live summary lines."""
+SUMMARY_INTERVAL = 5.0
+"""Seconds between summary blocks."""
+
+DEMO_ACK_TIMEOUT = 20.0
+"""The worker's --ack-timeout in the demo (10 minutes in production): a paused sink's
+commands go overdue, and are re-issued, within the demo's first minute."""
+
+DEMO_CANARY_EVERY = timedelta(minutes=1)
+"""How often the demo will plant deletion canaries (see `_start_canaries`)."""
 
 OLD_SHARE = 0.02
 """Share of records from the legacy import (events 37-40 months old)."""
@@ -77,8 +107,11 @@ EVENTS_PER_SUBJECT = 20
 
 START_TIMEOUT = 90.0
 """Seconds to wait for the worker's first micro-batch before producing anyway."""
-SEND_EVERY_S = 0.02
-"""The traffic producer's step (and linger)."""
+SEND_EVERY_S = 0.1
+"""The traffic producer's step: it sends what came due in one burst every 100 ms."""
+SEND_LINGER_MS = 10.0
+"""Long enough to put a step's burst in one batch per partition, short enough that an
+opt-out does not wait for the next one."""
 
 # -- traffic -------------------------------------------------------------------------------
 
@@ -128,7 +161,8 @@ class DemoTraffic:
         old_share: float = OLD_SHARE,
         bad_ratio: float = BAD_RATIO,
     ) -> None:
-        from privacy_pipeline.streams.serde import AvroSerde
+        from privacy_pipeline.streams.serde import AvroSerde, RecordError, event_to_avro
+        from privacy_pipeline.streams.topics import EVENT_SCHEMAS, input_topic
 
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -153,10 +187,13 @@ class DemoTraffic:
             LEGACY_SPAN,
         )
         self.serde = AvroSerde()
+        self._to_avro = event_to_avro
+        self._record_error = RecordError
+        self._topics = {kind: input_topic(kind).name for kind in EVENT_SCHEMAS}
 
     def records(self) -> Iterator[OutRecord]:
         """Every record to send, ``max_events`` in all, in sending order."""
-        live = self.live.events(self.n_live)
+        live = self.live.marked_events(self.n_live)
         old = self.old.events(self.n_old) if self.n_old else iter(())
         every = self.every_old
         for i in range(self.max_events):
@@ -166,42 +203,27 @@ class DemoTraffic:
                     event["subject_id"] = LEGACY_PREFIX + str(event["subject_id"])
                     yield self._record(event, "old")
                     continue
-            event = next(live, None)
-            if event is None:
+            marked = next(live, None)
+            if marked is None:
                 return
-            yield self._record(event, "live")
+            # The model says which events it made malformed (ingest dead-letters them):
+            # asking the parser instead cost a quarter of the producer's time per event.
+            event, bad = marked
+            yield self._record(event, "bad" if bad else "live")
 
     def _record(self, event: dict[str, Any], kind: str) -> OutRecord:
-        from privacy_pipeline.streams.serde import RecordError, event_to_avro
-        from privacy_pipeline.streams.topics import CLICKS, EVENT_SCHEMAS, input_topic
-
         # The model's malformed events may have any type: they go where clicks go.
         kind_of = str(event.get("type"))
-        topic = (input_topic(kind_of) if kind_of in EVENT_SCHEMAS else CLICKS).name
+        topic = self._topics.get(kind_of, self._topics["click"])
         key = f"{event.get('controller')}:{event.get('subject_id')}".encode()
         try:
-            name, record = event_to_avro(event)
+            name, record = self._to_avro(event)
             value = self.serde.encode(name, record)
-        except RecordError:
+        except self._record_error:
             # Not even Avro can hold it: a producer with the wrong serializer sends JSON.
             text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
             return OutRecord(topic, key, text.encode(), "bad", event)
-        if kind == "live" and not _looks_valid(event):
-            kind = "bad"
         return OutRecord(topic, key, value, kind, event)
-
-
-def _looks_valid(event: dict[str, Any]) -> bool:
-    """False for the model's malformed events that still encode (ingest dead-letters them)."""
-    from privacy_pipeline.processors.events import EventError, parse_event
-
-    if event.get("controller") not in CONTROLLERS:
-        return False
-    try:
-        parse_event(event)
-    except EventError:
-        return False
-    return True
 
 
 # Shared counters of the producer process (a RawArray of int64).
@@ -228,10 +250,12 @@ def _producer_main(config: TrafficConfig, counts: Any, go: Any, stop: Any, done:
         if err is not None:
             failed += 1
 
-    # 20 ms steps, as a busy producer service: in 5 ms steps the embedded broker
-    # spent most of a core on tiny batches at 2k events/s, and every opt-out
-    # waited in its queue (p50 1.3 s; 140 ms with 20 ms steps).
-    producer = Producer(Settings().tuning.traffic_producer(config.bootstrap, SEND_EVERY_S * 1000))
+    # Few, large batches, as a busy producer service sends them. The embedded broker's
+    # cost per request grows with the batches it holds: with a batch per partition every
+    # 20 ms (a linger of 20 ms) it went from 0.3 to a whole core within a minute at
+    # 500 events/s, and the pipeline fell behind; with 100 ms steps it stays near half
+    # a core after two minutes at 1,000/s (in 5 ms steps it was worse still).
+    producer = Producer(Settings().tuning.traffic_producer(config.bootstrap, SEND_LINGER_MS))
     traffic = DemoTraffic(
         config.seed,
         config.rate,
@@ -446,32 +470,98 @@ def _latency(q: float, buckets: list[tuple[float, float]]) -> str:
     return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
 
 
+WIDTH = 100
+"""No summary line is longer than this (a terminal's 100 columns)."""
+_INDENT = " " * 9
+
+
+def _fit(line: str) -> str:
+    """`line`, cut to WIDTH columns: a summary line never wraps."""
+    return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
+
+
+@dataclass(frozen=True)
+class SinkView:
+    """What the summary shows of one demo sink: counts and its process, nothing personal."""
+
+    target: str
+    state: str  # starting, running, paused, down
+    pid: int | None
+    rows_written: int = 0
+    withheld: int = 0
+
+
+def _sink_part(sink: SinkView) -> str:
+    where = f"pid {sink.pid}"
+    if sink.state == "paused":
+        where = f"PAUSED, kill -CONT {sink.pid}"
+    elif sink.state == "down":
+        where = "DOWN"
+    return f"{sink.target} {_n(sink.rows_written)} rows ({where})"
+
+
 def format_summary(
-    snap: Snapshot, previous: Snapshot | None, elapsed: float, produced: int | None = None
-) -> str:
-    """One summary line: rate over the last interval, then totals. Counts and labels only."""
+    snap: Snapshot,
+    previous: Snapshot | None,
+    elapsed: float,
+    produced: int | None = None,
+    loop: LoopCounts | None = None,
+    sinks: Sequence[SinkView] = (),
+) -> list[str]:
+    """The summary block: rates over the last interval, then totals; each line at most
+    WIDTH columns. Counts, closed-vocabulary labels and pids only."""
     rate = enforced = 0.0
     if previous is not None and snap.at > previous.at:
         rate = (snap.events - previous.events) / (snap.at - previous.at)
         enforced = (snap.enforced - previous.enforced) / (snap.at - previous.at)
     sent = f"produced {produced:,}, " if produced is not None else ""
     p50, p99 = _latency(0.5, snap.optout_buckets), _latency(0.99, snap.optout_buckets)
+    lines = [
+        f"[{elapsed:5.0f}s] events {rate:,.0f}/s in, {enforced:,.0f}/s enforced; "
+        f"{sent}accepted {_n(snap.events)}; dead letters {_n(sum(snap.dead_letters.values()))}",
+        f"{_INDENT}decisions {_parts(snap.decisions, 2)}; "
+        f"opt-outs {_n(snap.optouts)}, p50 {p50} p99 {p99}",
+    ]
+    if loop is not None:
+        lines.append(f"{_INDENT}{_sinks_line(loop)}")
+        lines.append(f"{_INDENT}{_requests_line(loop)}")
+    if sinks:
+        lines.append(f"{_INDENT}" + ", ".join(_sink_part(s) for s in sinks))
+    return [_fit(line) for line in lines]
+
+
+def _sinks_line(loop: LoopCounts) -> str:
     return (
-        f"[{elapsed:5.0f}s] events {rate:,.0f}/s in, {enforced:,.0f}/s enforced "
-        f"({sent}accepted {_n(snap.events)}, enforced {_n(snap.enforced)}) | "
-        f"decisions {_parts(snap.decisions)} | "
-        f"suppressed {_parts(snap.suppressions, 4)} | "
-        f"erasure commands {_parts(snap.erasures, 7)} | "
-        f"dead letters {_n(sum(snap.dead_letters.values()))} | "
-        f"opt-outs {_n(snap.optouts)}, latency p50 {p50} p99 {p99}"
+        f"sinks: commands {_n(loop.sink_issued)}, acked {_n(loop.sink_answered)}, "
+        f"overdue {_n(loop.sink_overdue)}, retried {_n(loop.sink_reissued)}; "
+        f"rows erased {_n(loop.rows_erased)}"
     )
+
+
+def _requests_line(loop: LoopCounts) -> str:
+    parts = [f"completed {_n(loop.requests_completed)}", f"in progress {_n(loop.requests_open)}"]
+    if loop.requests_partial:
+        parts.append(f"partially {_n(loop.requests_partial)}")
+    if loop.requests_failed:
+        parts.append(f"failed {_n(loop.requests_failed)}")
+    return f"requests {_n(loop.requests)}: {', '.join(parts)}; escalations {_n(loop.escalations)}"
 
 
 # -- the running demo ----------------------------------------------------------------------
 
 
 def _echo(message: str) -> None:
-    click.echo(message, err=True)
+    """Print to stderr, each line wrapped at WIDTH columns (never inside a word, so a path
+    or URL stays whole, even when it alone is wider)."""
+    lines: list[str] = []
+    for line in message.splitlines():
+        if len(line) <= WIDTH:
+            lines.append(line)
+            continue
+        lines += textwrap.wrap(
+            line, WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+        )
+    click.echo("\n".join(lines), err=True)
 
 
 class _Monitor(threading.Thread):
@@ -486,6 +576,8 @@ class _Monitor(threading.Thread):
         duration: float | None,
         max_events: int,
         stop_worker: Callable[[], bool],
+        loop: LoopProcess | None = None,
+        sinks: Sequence[SinkProcess] = (),
     ) -> None:
         super().__init__(name="privacy-pipeline-demo-summary", daemon=True)
         self.registry = registry
@@ -494,12 +586,15 @@ class _Monitor(threading.Thread):
         self.duration = duration
         self.max_events = max_events
         self.stop_worker = stop_worker
+        self.loop = loop
+        self.sinks = sinks
         self.finished = threading.Event()
         self.traffic_started: float | None = None
         self.first: Snapshot | None = None
         self.last_growth: Snapshot | None = None
         self._said_done = False
         self._stop_sent = False
+        self._states = {s.sink.target: "starting" for s in sinks}
 
     def run(self) -> None:
         """Loop until :attr:`finished` is set."""
@@ -513,19 +608,47 @@ class _Monitor(threading.Thread):
                 self._said_done = True
                 _echo(
                     f"demo: stopped producing after {self.traffic.sent:,} events "
-                    f"(--max-events {self.max_events:,}; the in-memory broker keeps every "
-                    "record). The worker keeps running until Ctrl-C or --duration."
+                    "(--max-events: the in-memory broker keeps them all)\n"
+                    "demo: the worker keeps running until Ctrl-C or --duration"
                 )
             if self.duration is not None and now - self.started >= self.duration:
                 self._request_stop()
+            self._note_sink_states()
             if now >= next_line:
                 next_line += SUMMARY_INTERVAL
                 snap = read_snapshot(self.registry, now)
                 if previous is not None and snap.enforced > previous.enforced:
                     self.last_growth = snap
                 if self.traffic_started is not None:
-                    _echo(format_summary(snap, previous, now - self.started, self.traffic.sent))
+                    loop = self.loop.snapshot() if self.loop is not None else None
+                    lines = format_summary(
+                        snap,
+                        previous,
+                        now - self.started,
+                        self.traffic.sent,
+                        loop,
+                        [sink_view(s) for s in self.sinks],
+                    )
+                    _echo("\n".join(lines))
                 previous = snap
+
+    def _note_sink_states(self) -> None:
+        """Say at once when a sink is paused, resumed or gone: the summary is seconds away."""
+        for sink in self.sinks:
+            target, state = sink.sink.target, sink.state()
+            before = self._states.get(target)
+            if state == before or state == "starting":
+                continue
+            self._states[target] = state
+            if state == "paused":
+                _echo(
+                    f"demo: sink {target} (pid {sink.pid}) is paused: its commands go overdue, "
+                    "then are re-issued"
+                )
+            elif state == "down":
+                _echo(f"demo: sink {target} (pid {sink.pid}) is down: its commands go overdue")
+            elif before == "paused":
+                _echo(f"demo: sink {target} (pid {sink.pid}) runs again")
 
     def _maybe_release(self, now: float) -> None:
         snap = read_snapshot(self.registry, now)
@@ -547,10 +670,48 @@ class _Monitor(threading.Thread):
                 _echo(f"demo: --duration {self.duration:g} s reached, stopping")
 
 
+def sink_view(sink: SinkProcess) -> SinkView:
+    """The summary's view of a running demo sink."""
+    return SinkView(sink.sink.target, sink.state(), sink.pid, sink.rows_written, sink.withheld)
+
+
 def _faust_handles_sigterm() -> bool:
     """True while the worker's event loop has its SIGTERM handler installed."""
     handler = signal.getsignal(signal.SIGTERM)
     return callable(handler)
+
+
+def cli_command() -> str:
+    """How to run ``privacy-pipeline`` from the user's shell: as installed on PATH, else
+    the script next to this Python (``.venv/bin/privacy-pipeline`` after ``make demo``)."""
+    candidates = [Path(sys.argv[0])] if Path(sys.argv[0]).name == "privacy-pipeline" else []
+    candidates.append(Path(sys.executable).parent / "privacy-pipeline")
+    on_path = shutil.which("privacy-pipeline")
+    for script in candidates:
+        if not script.is_file():
+            continue
+        if on_path is not None and Path(on_path).resolve() == script.resolve():
+            return "privacy-pipeline"
+        absolute = script.absolute()
+        try:
+            return str(absolute.relative_to(Path.cwd()))
+        except ValueError:
+            return str(absolute)
+    return "privacy-pipeline"
+
+
+def _start_canaries(settings: Settings, secrets: Path, metrics: PipelineMetrics) -> Any:
+    """Where the demo turns deletion canaries on (issue 9, item 8); off for now.
+
+    To turn them on, return ``privacy_pipeline.streams.canary.start_canaries(settings,
+    demo.traffic.CONTROLLERS, DEMO_CANARY_EVERY.total_seconds(), secrets, metrics)`` here.
+    `run_demo` calls this before the worker starts (the runner exports the secrets folder for the
+    worker's ingest) and stops what it returns after the worker. A canary is a synthetic
+    person per controller: Rejoin's reaches the credit-agency sink's table like anyone's
+    and is erased from it; the other targets answer through the stand-in. Its time to
+    erasure is then in ``privacy_pipeline_canary_erasure_seconds`` for the summary.
+    """
+    return None
 
 
 def run_demo(
@@ -565,15 +726,20 @@ def run_demo(
     partitions: int,
     log_level: str,
     secrets: Path,
+    ack_timeout: float = DEMO_ACK_TIMEOUT,
 ) -> None:
-    """Run the demo until Ctrl-C or *duration*: embedded broker, worker, traffic, summary."""
+    """Run the demo until Ctrl-C or *duration*: embedded broker, worker, sinks, traffic,
+    summary."""
+    from privacy_pipeline.demo.sinks import DEMO_SINKS, SinkProcess
     from privacy_pipeline.embedded_broker.launcher import (
         MEMORY_NOTE,
         BrokerStartError,
         EmbeddedBroker,
     )
     from privacy_pipeline.processors.policy import load_packs, packaged_policies
+    from privacy_pipeline.processors.tracker import Tracking
     from privacy_pipeline.streams.metrics import PipelineMetrics, make_registry, serve_metrics
+    from privacy_pipeline.streams.signing import CommandSigner
     from privacy_pipeline.streams.topic_admin import TopicError, ensure_topics
     from privacy_pipeline.streams.topics import ERASURE_COMMANDS, topic_specs
     from privacy_pipeline.streams.worker import WorkerConfig, run_worker
@@ -589,12 +755,16 @@ def run_demo(
         ) from None
 
     # Ctrl-C is for the demo's main process only: children started from here on (the
-    # traffic producer, the worker's ingest) inherit SIG_IGN and are stopped in order.
-    # The worker installs its own SIGINT handler once it runs.
+    # traffic producer, the sinks, the worker's ingest) inherit SIG_IGN and are stopped in
+    # order. The worker installs its own SIGINT handler once it runs.
     previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
     embedded: EmbeddedBroker | None = None
     traffic: TrafficProcess | None = None
     monitor: _Monitor | None = None
+    loop: LoopProcess | None = None
+    sinks: list[SinkProcess] = []
+    folder: Path | None = None
+    canaries: Any = None
     code = 1
     try:
         if not broker:
@@ -608,11 +778,13 @@ def run_demo(
                 f"demo: as it never frees memory, the traffic stops after {max_events:,} "
                 "events (--max-events)"
             )
+        tracking = Tracking(ack_timeout=timedelta(seconds=ack_timeout)) if ack_timeout else None
         config = WorkerConfig(
             Settings(bootstrap=broker, prefix=prefix),
             partitions=partitions,
             app_id="privacy-pipeline-demo",
             secrets=secrets,
+            tracking=tracking,
         )
         try:
             ensure_topics(broker, topic_specs(prefix, partitions))
@@ -620,13 +792,25 @@ def run_demo(
             raise click.ClickException(str(exc)) from None
         _echo(f"demo: metrics at {server.url}")
         _echo(
-            f"demo: look at the topics with: privacy-pipeline tail {ERASURE_COMMANDS.name} "
+            f"demo: read any topic with: {cli_command()} tail {ERASURE_COMMANDS.name} "
             f"--broker {broker}" + (f" --prefix {prefix}" if prefix else "")
         )
         _echo(
             f"demo: {rate:g} events/s for rego, inrego, rejoin, iret, unnamed004, "
             f"seed {seed}; " + (f"stopping after {duration:g} s" if duration else "Ctrl-C stops it")
         )
+        # The sinks verify the worker's signatures: the key pair must exist before they
+        # start (the worker would create it too, but only once it runs).
+        CommandSigner.from_secrets(secrets)
+        folder = Path(tempfile.mkdtemp(prefix="privacy-pipeline-demo-"))
+        for demo_sink in DEMO_SINKS:
+            sink = SinkProcess(demo_sink, folder, broker, prefix, secrets, packaged_policies())
+            sink.start()
+            sinks.append(sink)
+        if tracking is not None:
+            loop = LoopProcess(broker, prefix, [s.target for s in DEMO_SINKS], ack_timeout)
+            loop.start()
+        _echo_sinks(sinks, folder, ack_timeout)
         traffic = TrafficProcess(
             TrafficConfig(
                 bootstrap=broker, prefix=prefix, rate=rate, max_events=max_events, seed=seed
@@ -640,19 +824,35 @@ def run_demo(
             os.kill(os.getpid(), signal.SIGTERM)
             return True
 
-        monitor = _Monitor(registry, traffic, started, duration, max_events, stop_worker)
+        monitor = _Monitor(
+            registry, traffic, started, duration, max_events, stop_worker, loop, sinks
+        )
         monitor.start()
+        canaries = _start_canaries(config.settings, secrets, metrics)
         code = run_worker(config, metrics, loglevel=log_level)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
+        if canaries is not None:
+            canaries.stop()
         if traffic is not None:
             traffic.stop()
         if monitor is not None:
             monitor.finished.set()
             monitor.join(5)
+        # The sinks apply what reached them and flush their acks; the loop then reads on
+        # until the acks stop coming, so the closing counts are complete.
+        for sink in sinks:
+            sink.stop()
+        if loop is not None:
+            loop.stop()
         final = read_snapshot(registry)
         if monitor is not None and traffic is not None:
-            _echo(_final_line(final, monitor, traffic, time.monotonic() - started, code))
+            elapsed = time.monotonic() - started
+            views = [sink_view(s) for s in sinks]
+            counts = loop.snapshot() if loop is not None else None
+            _echo("\n".join(closing_lines(final, monitor, traffic, elapsed, code, counts, views)))
+        if folder is not None:
+            _echo(f"demo: the sinks' databases stay in {folder}")
         server.stop()
         if embedded is not None:
             # The broker defers its exit while clients are connected; the worker's clients
@@ -663,9 +863,32 @@ def run_demo(
     sys.exit(code)
 
 
-def _final_line(
-    final: Snapshot, monitor: _Monitor, traffic: TrafficProcess, elapsed: float, code: int
-) -> str:
+def _echo_sinks(sinks: Sequence[SinkProcess], folder: Path, ack_timeout: float) -> None:
+    """Where the sinks are, and how to see the tracker at work by pausing one."""
+    names = ", ".join(f"{s.sink.target} (pid {s.pid})" for s in sinks)
+    _echo(f"demo: sinks {names}, on SQLite in {folder}")
+    if sinks and ack_timeout:
+        pid = sinks[0].pid
+        _echo(
+            f"demo: kill -STOP {pid} pauses a sink: its commands go overdue after "
+            f"{ack_timeout:g} s, then are re-issued"
+        )
+        _echo(f"demo: kill -CONT {pid} resumes it")
+        _echo(
+            "demo: a stand-in answers not_found for the targets without a sink "
+            "(the demo holds none of their data)"
+        )
+
+
+def closing_lines(
+    final: Snapshot,
+    monitor: _Monitor,
+    traffic: TrafficProcess,
+    elapsed: float,
+    code: int,
+    loop: LoopCounts | None = None,
+    sinks: Sequence[SinkView] = (),
+) -> list[str]:
     """The closing summary: what was produced and what the pipeline made of it."""
     begin, end = monitor.first, monitor.last_growth
     average = 0.0
@@ -675,15 +898,25 @@ def _final_line(
     status = "ok" if code == 0 else f"worker exit code {code}"
     dead = sum(final.dead_letters.values())
     unread = traffic.sent - traffic.failed - int(final.events) - int(dead)
-    left = f", {unread:,} left unread in the broker" if unread > 0 else ""
-    return (
-        f"demo: done ({status}) after {elapsed:.1f} s: produced {traffic.sent:,} events "
-        f"({traffic.old:,} legacy, {traffic.bad:,} malformed, {traffic.failed:,} not delivered); "
-        f"pipeline accepted {_n(final.events)}{left}, enforced {_n(final.enforced)} "
-        f"(avg {average:,.0f}/s); "
-        f"decisions {_parts(final.decisions)}; "
-        f"erasure commands {_parts(final.erasures, 7)}; "
-        f"dead letters {_n(dead)} "
-        f"({_parts(final.dead_letters)}); "
-        f"opt-outs {_n(final.optouts)}, latency p50 {p50} p99 {p99}"
-    )
+    left = f"; {unread:,} left unread in the broker" if unread > 0 else ""
+    lines = [
+        f"demo: done ({status}) after {elapsed:.1f} s",
+        f"  produced {traffic.sent:,} events ({traffic.old:,} legacy, {traffic.bad:,} "
+        f"malformed, {traffic.failed:,} not delivered)",
+        f"  accepted {_n(final.events)}, enforced {_n(final.enforced)} "
+        f"(avg {average:,.0f}/s){left}",
+        f"  decisions {_parts(final.decisions, 4)}",
+        f"  erasure commands {_parts(final.erasures, 3)}",
+        f"  dead letters {_n(dead)}: {_parts(final.dead_letters, 3)}",
+        f"  opt-outs {_n(final.optouts)}, latency p50 {p50} p99 {p99}",
+    ]
+    if loop is not None:
+        lines.append(f"  {_sinks_line(loop)}, restricted {_n(loop.rows_restricted)}")
+        lines.append(f"  {_requests_line(loop)}")
+        lines.append(f"  stand-in: {_n(loop.other_answered)} commands for targets without a sink")
+    for sink in sinks:
+        lines.append(
+            f"  sink {sink.target}: {_n(sink.rows_written)} rows written, "
+            f"{_n(sink.withheld)} withheld by commands applied before"
+        )
+    return [_fit(line) for line in lines]

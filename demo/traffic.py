@@ -487,12 +487,17 @@ class TrafficModel:
 
     def events(self, n: int) -> Iterator[dict[str, Any]]:
         """`n` events as dicts, in non-decreasing `occurred_at` order."""
+        return (event for event, _ in self._stream(n))
+
+    def marked_events(self, n: int) -> Iterator[tuple[dict[str, Any], bool]]:
+        """The events of `events(n)`, each with True when the model made it malformed:
+        telling them apart afterwards would cost a parse of every event."""
         return self._stream(n)
 
     def lines(self, n: int) -> Iterator[str]:
         """`n` events as compact JSON lines (no trailing newline); bad ones may not be JSON."""
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        for event in self._stream(n, allow_non_json=True):
+        for event, _ in self._stream(n, allow_non_json=True):
             text = dumps(event)
             if type(event) is _NotJson:
                 text = text[: len(text) // 2]  # cut short, as by a crashed producer
@@ -500,7 +505,9 @@ class TrafficModel:
 
     # -- the generator ----------------------------------------------------------------
 
-    def _stream(self, n: int, *, allow_non_json: bool = False) -> Iterator[dict[str, Any]]:
+    def _stream(
+        self, n: int, *, allow_non_json: bool = False
+    ) -> Iterator[tuple[dict[str, Any], bool]]:
         rng = Random(self.seed)  # noqa: S311 - synthetic data, not security
         rnd = rng.random
         clock = _Clock()
@@ -573,13 +580,14 @@ class TrafficModel:
             if subject.follow_up and not subject.ended:
                 follow.append(subject)
 
-            if bad_ratio and rnd() < bad_ratio:
+            corrupted = bool(bad_ratio) and rnd() < bad_ratio
+            if corrupted:
                 bad = BAD_KINDS[int(rnd() * n_bad_kinds)]
                 if bad == "non_json":
                     event = _NotJson(event)
                 else:
                     _corrupt(rng, event, bad)
-            yield event
+            yield event, corrupted
 
     @staticmethod
     def _revive(rng: Random, population: list[_Subject]) -> _Subject:
