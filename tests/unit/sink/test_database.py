@@ -893,8 +893,7 @@ def test_integer_subject_ids(db: Database) -> None:
 def test_an_explicit_schema(db: Database, schema: Schema) -> None:
     assert db.schema is not None
     where_sql = sa.text(
-        "SELECT table_schema FROM information_schema.tables "
-        "WHERE table_name = 'applied_commands'"
+        "SELECT table_schema FROM information_schema.tables WHERE table_name = 'applied_commands'"
     )
     # Other tests of the session (the integration sinks) may have theirs in public already.
     with db.engine.connect() as conn:
