@@ -91,8 +91,9 @@ DEMO_ACK_TIMEOUT = 20.0
 """The worker's --ack-timeout in the demo (10 minutes in production): a paused sink's
 commands go overdue, and are re-issued, within the demo's first minute."""
 
-DEMO_CANARY_EVERY = timedelta(minutes=1)
-"""How often the demo will plant deletion canaries (see `_start_canaries`)."""
+DEMO_CANARY_EVERY = timedelta(seconds=30)
+"""How often the demo plants deletion canaries (see `_start_canaries`): the first is
+erased about 20 s into a run."""
 
 OLD_SHARE = 0.02
 """Share of records from the legacy import (events 37-40 months old)."""
@@ -107,6 +108,8 @@ EVENTS_PER_SUBJECT = 20
 
 START_TIMEOUT = 90.0
 """Seconds to wait for the worker's first micro-batch before producing anyway."""
+DRAIN_TIMEOUT = 15.0
+"""Seconds the demo waits, at --duration, for the worker to enforce what came in."""
 SEND_EVERY_S = 0.1
 """The traffic producer's step: it sends what came due in one burst every 100 ms."""
 SEND_LINGER_MS = 10.0
@@ -382,6 +385,9 @@ class Snapshot:
     batches: float = 0.0
     enforced: float = 0.0
     timers: float = 0.0
+    canaries: float = 0.0  # deletion canaries erased everywhere
+    canary_seconds: float = 0.0  # their seconds from request to the last ack, summed
+    canary_pending: float = 0.0  # age of the oldest canary not erased yet
 
     @property
     def optouts(self) -> float:
@@ -419,6 +425,12 @@ def read_snapshot(registry: Any, now: float | None = None) -> Snapshot:
                 snap.enforced = value
             elif short == "retention_timers" and suffix == "":
                 snap.timers += value
+            elif short == "canary_erasure_seconds" and suffix == "_count":
+                snap.canaries += value
+            elif short == "canary_erasure_seconds" and suffix == "_sum":
+                snap.canary_seconds += value
+            elif short == "canary_pending_seconds" and suffix == "":
+                snap.canary_pending = max(snap.canary_pending, value)
     snap.optout_buckets.sort()
     return snap
 
@@ -527,7 +539,17 @@ def format_summary(
         lines.append(f"{_INDENT}{_requests_line(loop)}")
     if sinks:
         lines.append(f"{_INDENT}" + ", ".join(_sink_part(s) for s in sinks))
+    if snap.canaries or snap.canary_pending:
+        lines.append(f"{_INDENT}{_canaries_line(snap)}")
     return [_fit(line) for line in lines]
+
+
+def _canaries_line(snap: Snapshot) -> str:
+    mean = snap.canary_seconds / snap.canaries if snap.canaries else 0.0
+    return (
+        f"canaries: {_n(snap.canaries)} erased everywhere, mean {mean:.1f} s from request "
+        f"to last ack; oldest pending {snap.canary_pending:.0f} s"
+    )
 
 
 def _sinks_line(loop: LoopCounts) -> str:
@@ -594,6 +616,7 @@ class _Monitor(threading.Thread):
         self.last_growth: Snapshot | None = None
         self._said_done = False
         self._stop_sent = False
+        self._drain_until: float | None = None
         self._states = {s.sink.target: "starting" for s in sinks}
 
     def run(self) -> None:
@@ -663,11 +686,20 @@ class _Monitor(threading.Thread):
             self.first = snap
 
     def _request_stop(self) -> None:
-        if not self._stop_sent:
+        # Traffic stops first; the worker goes once it has enforced what ingest accepted
+        # (or after DRAIN_TIMEOUT), so the last requests still reach the sinks.
+        if self._stop_sent:
+            return
+        now = time.monotonic()
+        if self._drain_until is None:
             self.traffic.stop_event.set()
-            if self.stop_worker():
-                self._stop_sent = True
-                _echo(f"demo: --duration {self.duration:g} s reached, stopping")
+            self._drain_until = now + DRAIN_TIMEOUT
+            _echo(f"demo: --duration {self.duration:g} s reached; enforcing what came in")
+        snap = read_snapshot(self.registry, now)
+        produced_all = not self.traffic.process.is_alive()  # flushed and gone
+        drained = produced_all and snap.enforced >= snap.events
+        if (drained or now >= self._drain_until) and self.stop_worker():
+            self._stop_sent = True
 
 
 def sink_view(sink: SinkProcess) -> SinkView:
@@ -701,17 +733,20 @@ def cli_command() -> str:
 
 
 def _start_canaries(settings: Settings, secrets: Path, metrics: PipelineMetrics) -> Any:
-    """Where the demo turns deletion canaries on (issue 9, item 8); off for now.
+    """Deletion canaries (issue 9, item 8), every DEMO_CANARY_EVERY, for every controller.
 
-    To turn them on, return ``privacy_pipeline.streams.canary.start_canaries(settings,
-    demo.traffic.CONTROLLERS, DEMO_CANARY_EVERY.total_seconds(), secrets, metrics)`` here.
     `run_demo` calls this before the worker starts (the runner exports the secrets folder for the
     worker's ingest) and stops what it returns after the worker. A canary is a synthetic
     person per controller: Rejoin's reaches the credit-agency sink's table like anyone's
     and is erased from it; the other targets answer through the stand-in. Its time to
-    erasure is then in ``privacy_pipeline_canary_erasure_seconds`` for the summary.
+    erasure is in ``privacy_pipeline_canary_erasure_seconds``, which the summary shows.
     """
-    return None
+    from privacy_pipeline.demo.traffic import CONTROLLERS
+    from privacy_pipeline.streams.canary import start_canaries
+
+    return start_canaries(
+        settings, CONTROLLERS, DEMO_CANARY_EVERY.total_seconds(), secrets, metrics
+    )
 
 
 def run_demo(
@@ -839,8 +874,16 @@ def run_demo(
         if monitor is not None:
             monitor.finished.set()
             monitor.join(5)
-        # The sinks apply what reached them and flush their acks; the loop then reads on
-        # until the acks stop coming, so the closing counts are complete.
+        # The sinks answer the commands the worker issued last (up to DRAIN_TIMEOUT; not
+        # when one is paused or down), then apply what reached them and flush their acks;
+        # the loop reads on until the acks stop coming, so the closing counts are complete.
+        if loop is not None and sinks and all(s.state() == "running" for s in sinks):
+            drain_until = time.monotonic() + DRAIN_TIMEOUT
+            while time.monotonic() < drain_until:
+                now_counts = loop.snapshot()
+                if now_counts.sink_answered >= now_counts.sink_issued:
+                    break
+                time.sleep(0.2)
         for sink in sinks:
             sink.stop()
         if loop is not None:
