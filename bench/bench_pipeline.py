@@ -631,7 +631,7 @@ def run_pipeline(
     t_start = first_ms / 1000.0 if first_ms is not None else ready_at
     secs = t_end - t_start
     counts = read_topics(bootstrap, [prefix + t for t in COUNTED_OUTPUTS])
-    batches = worker.metrics().get("privacy_pipeline_batch_size_count", 0.0)
+    batches = worker.metrics().get("privacy_pipeline_batch_size_events_count", 0.0)
     time.sleep(0.5)  # the changelog record of a batch is sent right after its metrics
     changelog = read_topics(
         bootstrap, [f"{prefix}privacy-pipeline-subject-state-changelog"], idle=3.0
@@ -652,9 +652,9 @@ def run_pipeline(
         "processed": m.get("privacy_pipeline_processing_seconds_count", 0.0),
         "dead_letters": m.get("privacy_pipeline_dead_letters_total", 0.0),
         "accepted": m.get("privacy_pipeline_events_total", 0.0),
-        "batches": m.get("privacy_pipeline_batch_size_count", 0.0),
-        "batch_items_mean": m.get("privacy_pipeline_batch_size_sum", 0.0)
-        / max(1.0, m.get("privacy_pipeline_batch_size_count", 0.0)),
+        "batches": m.get("privacy_pipeline_batch_size_events_count", 0.0),
+        "batch_items_mean": m.get("privacy_pipeline_batch_size_events_sum", 0.0)
+        / max(1.0, m.get("privacy_pipeline_batch_size_events_count", 0.0)),
         "cpu_worker_us_per_event": (cpu1["worker"] - cpu0["worker"]) / max(done, 1.0) * 1e6,
         "cpu_ingest_us_per_event": (cpu1["ingest"] - cpu0["ingest"]) / max(done, 1.0) * 1e6,
         "outputs": {t: counts[prefix + t] for t in COUNTED_OUTPUTS},

@@ -419,7 +419,7 @@ def read_snapshot(registry: Any, now: float | None = None) -> Snapshot:
             elif short == "optout_latency_seconds" and suffix == "_bucket":
                 le = labels["le"]
                 snap.optout_buckets.append((math.inf if le == "+Inf" else float(le), value))
-            elif short == "batch_size" and suffix == "_count":
+            elif short == "batch_size_events" and suffix == "_count":
                 snap.batches = value
             elif short == "processing_seconds" and suffix == "_count":
                 snap.enforced = value

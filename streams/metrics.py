@@ -125,7 +125,7 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = (
     5000,
     10000,
 )
-"""Buckets of ``batch_size`` (events per subject-log micro-batch)."""
+"""Buckets of ``batch_size_events`` (events per subject-log micro-batch)."""
 
 ACK_LATENCY_BUCKETS: tuple[float, ...] = (
     1.0,
@@ -420,7 +420,7 @@ class PipelineMetrics:
             buckets=OPTOUT_LATENCY_BUCKETS,
         )
         self.batch_size = Histogram(
-            PREFIX + "batch_size",
+            PREFIX + "batch_size_events",
             "Events per subject-log micro-batch.",
             registry=reg,
             buckets=BATCH_SIZE_BUCKETS,

@@ -778,7 +778,7 @@ def test_metrics_count_decisions_dead_letters_and_optout_latency() -> None:
     assert sample("optout_latency_seconds_count") == 1.0
     assert sample("optout_latency_seconds_sum") == pytest.approx(2.5)
     assert sample("processing_seconds_count") == 2.0
-    assert sample("batch_size_count") == 1.0
+    assert sample("batch_size_events_count") == 1.0
 
 
 def test_a_big_batch_is_split_over_changelog_records_that_restore_exactly(

@@ -205,7 +205,7 @@ def test_other_counters_gauges_and_histograms() -> None:
     assert _value(reg, "processing_seconds_bucket", le="0.25") == 2
     assert _value(reg, "optout_latency_seconds_bucket", le="0.005") == 1
     assert _value(reg, "optout_latency_seconds_bucket", le="0.001") == 0
-    assert _value(reg, "batch_size_sum") == 250
+    assert _value(reg, "batch_size_events_sum") == 250
     assert _value(reg, "retention_timers", controller="rego") == 7
     assert _value(reg, "consumer_lag_records", topic="subject-log", partition="0") == 42
     assert _value(reg, "consumer_lag_records", topic="subject-log", partition="1") == 0
