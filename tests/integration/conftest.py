@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 from worker_process import (
+    BROKER_ENV,
     MakeTopics,
     Readers,
     SinkProcess,
@@ -36,7 +37,6 @@ from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker, free_port
 from privacy_pipeline.streams.topic_admin import ensure_topics
 from privacy_pipeline.streams.topics import topic_specs
 
-BROKER_ENV = "PRIVACY_PIPELINE_TEST_BROKER"
 PORTS_ENV = "PRIVACY_PIPELINE_TEST_PORTS"
 
 _HERE = Path(__file__).resolve().parent

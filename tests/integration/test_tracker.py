@@ -8,23 +8,29 @@ third is down for the whole test.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from worker_process import (
+    BROKER_ENV,
     MakeTopics,
     Readers,
     StartSink,
     StartWorker,
     cli,
     customer,
+    pick_port,
     produce_file,
     request,
     write_events,
 )
 
+from privacy_pipeline.embedded_broker.launcher import EmbeddedBroker
 from privacy_pipeline.processors.instants import parse_instant
 
 CONTROLLER = "inrego"
@@ -43,6 +49,20 @@ tables:
       email: contact
       phone: contact
 """
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of this module's own. In full suite runs on the session's embedded broker
+    (after the sink tests have killed clients mid-request), these tests twice saw the
+    worker issue the commands and then neither re-issue nor escalate them for 90 s; alone
+    they pass. Kept apart until that is understood (see the issue 9 note)."""
+    if os.environ.get(BROKER_ENV, "").strip():
+        yield os.environ[BROKER_ENV].strip()
+        return
+    log_file = tmp_path_factory.mktemp("tracker-broker") / "tansu.log"
+    with EmbeddedBroker(port=pick_port(), log_file=log_file) as embedded:
+        yield embedded.bootstrap
 
 
 def downstream(tmp_path: Path, target: str) -> tuple[str, Path]:

@@ -46,6 +46,7 @@ from privacy_pipeline.streams.signing import CommandVerifier
 from privacy_pipeline.streams.topic_admin import ensure_topics
 from privacy_pipeline.streams.topics import EVENT_SCHEMAS, TAGGED_TOPIC, input_topic, topic_specs
 
+BROKER_ENV = "PRIVACY_PIPELINE_TEST_BROKER"
 PORTS_ENV = "PRIVACY_PIPELINE_TEST_PORTS"
 READY_MARKERS = ("recovery complete", "Worker ready")
 RECOVERY = re.compile(r"recovery complete: (\d+) changelog records, (\d+) subjects")
