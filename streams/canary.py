@@ -74,6 +74,7 @@ __all__ = [
     "Settled",
     "canary_claim",
     "canary_signed",
+    "canary_verifier",
     "canary_verifier_from_env",
     "erasure_request",
     "parse_duration",
@@ -372,9 +373,14 @@ def canary_verifier_from_env(environ: Mapping[str, str] | None = None) -> Comman
     folder in that variable, so ingest checks against the key the worker signs with.
     """
     env = os.environ if environ is None else environ
-    folder = Path(env.get(ENV_SECRETS) or default_secrets())
+    return canary_verifier(Path(env.get(ENV_SECRETS) or default_secrets()))
+
+
+def canary_verifier(secrets: Path) -> CommandVerifier | None:
+    """The verifier of the public key in *secrets*; None when there is no key, and then
+    no canary is accepted."""
     try:
-        return CommandVerifier.from_secrets(folder)
+        return CommandVerifier.from_secrets(secrets)
     except SigningKeyError:
         return None
 
